@@ -1,0 +1,120 @@
+//! The sticky app contract (DESIGN.md) served with axum.
+//!
+//! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
+//!   runs on this Machine (every route but `/health`);
+//! - `GET /health` answers `ok` and is never sticky;
+//! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
+//! - `GET /ws` echoes each text message as `<id>:<message>`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use sticky_axum::StickyLayer;
+use sticky_axum::sticky_core::{ConfigError, Env, Sticky};
+
+/// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
+pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
+
+#[derive(Clone)]
+struct App {
+    machine: Arc<str>,
+    handled: Arc<AtomicU64>,
+}
+
+impl App {
+    fn count(&self) -> u64 {
+        self.handled.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The engine with the contract's settings: defaults, `/health` excluded.
+pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
+    Sticky::builder().exclude(["/health"]).build(env)
+}
+
+/// The contract app behind the sticky layer.
+pub fn app(sticky: Sticky) -> Router {
+    let state = App {
+        machine: sticky.machine_id().unwrap_or("local").into(),
+        handled: Arc::default(),
+    };
+    Router::new()
+        .route("/", get(index))
+        .route("/health", get(|| async { "ok" }))
+        .route("/upload", post(upload))
+        .route("/ws", get(ws))
+        .layer(DefaultBodyLimit::max(MAX_UPLOAD))
+        .with_state(state)
+        .layer(StickyLayer::new(sticky))
+}
+
+async fn index(State(app): State<App>) -> String {
+    let n = app.count();
+    format!("machine={} handled={n}", app.machine)
+}
+
+async fn upload(State(app): State<App>, body: Bytes) -> String {
+    app.count();
+    format!("machine={} bytes={}", app.machine, body.len())
+}
+
+async fn ws(State(app): State<App>, upgrade: WebSocketUpgrade) -> Response {
+    app.count();
+    upgrade.on_upgrade(move |socket| echo(socket, app.machine))
+}
+
+async fn echo(mut socket: WebSocket, machine: Arc<str>) {
+    while let Some(Ok(message)) = socket.recv().await {
+        match message {
+            Message::Text(text) => {
+                let reply = format!("{machine}:{}", text.as_str());
+                if socket.send(Message::Text(reply.into())).await.is_err() {
+                    break;
+                }
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+}
+
+/// Serves the app on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sticky: Sticky,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(sticky))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Resolves on Ctrl-C at once, or on SIGTERM after draining for `grace`.
+pub async fn shutdown_signal(sticky: Sticky, grace: Duration) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            sticky.drain();
+            tokio::time::sleep(grace).await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,42 @@
+//! `FLY_MACHINE_ID=148ed599c14189 PORT=8081 cargo run -p example-axum`
+
+use std::time::Duration;
+
+use sticky_axum::sticky_core::Env;
+
+#[tokio::main]
+async fn main() {
+    let sticky = match example_axum::sticky(Env::from_process()) {
+        Ok(sticky) => sticky,
+        Err(err) => {
+            eprintln!("example-axum: invalid sticky configuration: {err}");
+            std::process::exit(2);
+        }
+    };
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8080);
+    let grace = std::env::var("DRAIN_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(Duration::from_secs(5), Duration::from_secs);
+    let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("example-axum: cannot listen on port {port}: {err}");
+            std::process::exit(1);
+        }
+    };
+    println!(
+        "example-axum: machine {} listening on 0.0.0.0:{port}",
+        sticky
+            .machine_id()
+            .unwrap_or("local (not on Fly: sticky is off)")
+    );
+    let shutdown = example_axum::shutdown_signal(sticky.clone(), grace);
+    if let Err(err) = example_axum::serve(listener, sticky, shutdown).await {
+        eprintln!("example-axum: {err}");
+        std::process::exit(1);
+    }
+}

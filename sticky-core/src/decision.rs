@@ -1,0 +1,321 @@
+//! What the engine answers: one enum, each variant with its reason.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::target::Source;
+
+/// The outcome of [`Sticky::decide`](crate::Sticky::decide).
+///
+/// Adapters map it without further logic:
+///
+/// | variant | adapter does |
+/// |---|---|
+/// | [`Stick`](Decision::Stick) | run the handler, touch nothing |
+/// | [`SetCookie`](Decision::SetCookie) | run the handler, then add [`SetCookie::headers`] to its response |
+/// | [`Replay`](Decision::Replay), [`Refuse`](Decision::Refuse) | do **not** run the handler; answer with the [`ShortCircuit`] (status, headers, empty body) |
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Decision {
+    /// Serve the request here; add nothing.
+    Stick(Reason),
+    /// Serve the request here, then add this cookie to the response.
+    SetCookie(SetCookie, Reason),
+    /// Do not serve: answer so that Fly's proxy replays the request elsewhere.
+    Replay(ShortCircuit, Reason),
+    /// Do not serve: a policy refuses the request here (503 or 413).
+    Refuse(ShortCircuit, Reason),
+}
+
+impl Decision {
+    /// Why this decision was taken.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Stick(r)
+            | Decision::SetCookie(_, r)
+            | Decision::Replay(_, r)
+            | Decision::Refuse(_, r) => *r,
+        }
+    }
+
+    /// The response to answer with instead of running the handler, if any.
+    pub fn short_circuit(&self) -> Option<&ShortCircuit> {
+        match self {
+            Decision::Replay(sc, _) | Decision::Refuse(sc, _) => Some(sc),
+            Decision::Stick(_) | Decision::SetCookie(..) => None,
+        }
+    }
+
+    /// The cookie to add to the handler's response, if any.
+    pub fn set_cookie(&self) -> Option<&SetCookie> {
+        match self {
+            Decision::SetCookie(c, _) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Whether the handler runs (`Stick` or `SetCookie`).
+    pub fn runs_handler(&self) -> bool {
+        self.short_circuit().is_none()
+    }
+}
+
+/// Which replay marker a request carried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Marker {
+    /// `fly-replay-src`: the proxy replayed this request to us.
+    ReplaySrc,
+    /// `fly-replay-failed`: a strict replay failed and fell back to us.
+    ReplayFailed,
+    /// `fly-preferred-instance-unavailable`: the preferred Machine was unusable.
+    PreferredUnavailable,
+    /// `fly-replay-cache-status`: the proxy's replay cache routed this request.
+    ReplayCache,
+}
+
+impl Marker {
+    /// The request header that carries this marker.
+    pub fn header(self) -> &'static str {
+        match self {
+            Marker::ReplaySrc => "fly-replay-src",
+            Marker::ReplayFailed => "fly-replay-failed",
+            Marker::PreferredUnavailable => "fly-preferred-instance-unavailable",
+            Marker::ReplayCache => "fly-replay-cache-status",
+        }
+    }
+
+    /// Every marker, in the order they are checked.
+    pub const ALL: [Marker; 4] = [
+        Marker::ReplaySrc,
+        Marker::ReplayFailed,
+        Marker::PreferredUnavailable,
+        Marker::ReplayCache,
+    ];
+}
+
+/// Why a body cannot be replayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BodyProblem {
+    /// `Content-Length` is above the replay limit.
+    TooLarge,
+    /// The length is unknown (chunked, or a body-carrying method without
+    /// `Content-Length`), or `Content-Length` is malformed.
+    UnknownLength,
+}
+
+/// Why a target from the request was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejected {
+    /// The value does not match the target format.
+    Format,
+    /// The signature is missing, wrong, or from an unknown key.
+    Signature,
+    /// The signed cookie is past its maximum lifetime or idle timeout, or
+    /// its timestamps are in the future.
+    Expired,
+}
+
+/// Why a decision was taken: one variant per row of the decision table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// Row 1: not on Fly (no Machine ID).
+    Disabled,
+    /// Row 2: the path matches no include rule.
+    PathNotIncluded,
+    /// Row 2: the path matches an exclude rule.
+    PathExcluded,
+    /// Row 2: the method is not sticky.
+    MethodSkipped,
+    /// Row 2: the skip predicate said so.
+    Skipped,
+    /// Row 2: a CORS preflight.
+    Preflight,
+    /// Row 3: the request names no target.
+    NoTarget,
+    /// Row 3: the request named a target, but it was refused.
+    InvalidTarget(Source, Rejected),
+    /// Row 4: pinned to this Machine.
+    PinnedHere(Source),
+    /// Row 4: pinned to this Machine and the cookie was due a refresh.
+    Refreshed,
+    /// Row 5: pinned elsewhere, but the request was already replayed (or
+    /// the replay failed): serve here.
+    AlreadyReplayed(Source, Marker),
+    /// Row 6: pinned elsewhere, but the body cannot be replayed.
+    BodyNotReplayable(Source, BodyProblem),
+    /// Row 7: pinned to another Machine.
+    PinnedElsewhere(Source),
+    /// Row 8: this Machine is draining; send the request elsewhere.
+    Draining,
+    /// Row 8: this Machine is draining, but the request cannot be moved
+    /// (already replayed, or its body cannot be replayed): serve it here
+    /// without pinning it.
+    DrainingServedHere,
+}
+
+impl Reason {
+    /// The row of the decision table (1 to 8) this reason belongs to.
+    pub fn row(self) -> u8 {
+        match self {
+            Reason::Disabled => 1,
+            Reason::PathNotIncluded
+            | Reason::PathExcluded
+            | Reason::MethodSkipped
+            | Reason::Skipped
+            | Reason::Preflight => 2,
+            Reason::NoTarget | Reason::InvalidTarget(..) => 3,
+            Reason::PinnedHere(_) | Reason::Refreshed => 4,
+            Reason::AlreadyReplayed(..) => 5,
+            Reason::BodyNotReplayable(..) => 6,
+            Reason::PinnedElsewhere(_) => 7,
+            Reason::Draining | Reason::DrainingServedHere => 8,
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::Disabled => f.write_str("not on Fly (no FLY_MACHINE_ID)"),
+            Reason::PathNotIncluded => f.write_str("path not included"),
+            Reason::PathExcluded => f.write_str("path excluded"),
+            Reason::MethodSkipped => f.write_str("method skipped"),
+            Reason::Skipped => f.write_str("skipped by predicate"),
+            Reason::Preflight => f.write_str("CORS preflight"),
+            Reason::NoTarget => f.write_str("no target: pin here"),
+            Reason::InvalidTarget(s, r) => write!(f, "invalid {s} target ({r:?}): pin here"),
+            Reason::PinnedHere(s) => write!(f, "pinned here by {s}"),
+            Reason::Refreshed => f.write_str("pinned here, cookie refreshed"),
+            Reason::AlreadyReplayed(s, m) => {
+                write!(f, "pinned elsewhere by {s}, but {} is present", m.header())
+            }
+            Reason::BodyNotReplayable(s, p) => {
+                write!(
+                    f,
+                    "pinned elsewhere by {s}, but the body cannot be replayed ({p:?})"
+                )
+            }
+            Reason::PinnedElsewhere(s) => write!(f, "pinned elsewhere by {s}: replay"),
+            Reason::Draining => f.write_str("draining: replay elsewhere"),
+            Reason::DrainingServedHere => f.write_str("draining, but the request cannot move"),
+        }
+    }
+}
+
+/// Header text that is either shared (computed once at start-up) or owned.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum Text {
+    Shared(Arc<str>),
+    Owned(Box<str>),
+}
+
+impl Text {
+    pub(crate) fn as_str(&self) -> &str {
+        match self {
+            Text::Shared(s) => s,
+            Text::Owned(s) => s,
+        }
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+/// A `Set-Cookie` to add to the handler's response.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetCookie {
+    pub(crate) value: Text,
+    pub(crate) cache_private: bool,
+}
+
+impl SetCookie {
+    /// The full `Set-Cookie` header value.
+    pub fn value(&self) -> &str {
+        self.value.as_str()
+    }
+
+    /// The headers to add to the handler's response.
+    ///
+    /// Always `Set-Cookie`; also `Cache-Control: private` when the response
+    /// has no `Cache-Control` of its own (unless turned off), so that a
+    /// shared cache never hands one user's pin to everyone.
+    pub fn headers(
+        &self,
+        response_has_cache_control: bool,
+    ) -> impl Iterator<Item = (&'static str, &[u8])> + '_ {
+        let cache = (self.cache_private && !response_has_cache_control)
+            .then_some(("cache-control", &b"private"[..]));
+        std::iter::once(("set-cookie", self.value().as_bytes())).chain(cache)
+    }
+
+    /// Adds [`headers`](Self::headers) to an `http` 1.x header map.
+    #[cfg(feature = "http")]
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        let has_cache_control = headers.contains_key(http::header::CACHE_CONTROL);
+        for (name, value) in self.headers(has_cache_control) {
+            // Values were validated when built; a failure here would be a bug,
+            // and dropping the cookie is the safe outcome.
+            if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                headers.append(http::HeaderName::from_static(name), value);
+            }
+        }
+    }
+}
+
+/// A response to send instead of running the handler: a status, a few
+/// headers and an empty body.
+///
+/// It is plain data so that frameworks on `http` 0.2 and 1.x both use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShortCircuit {
+    pub(crate) status: u16,
+    pub(crate) fly_replay: Option<Text>,
+}
+
+impl ShortCircuit {
+    /// The status code (never 101).
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The `fly-replay` header value, for a replay.
+    pub fn fly_replay(&self) -> Option<&str> {
+        self.fly_replay.as_ref().map(Text::as_str)
+    }
+
+    /// The headers to send (names in lowercase).
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> + '_ {
+        self.fly_replay()
+            .map(|v| ("fly-replay", v.as_bytes()))
+            .into_iter()
+    }
+
+    /// Builds an `http` 1.x response with an empty (default) body.
+    ///
+    /// ```
+    /// # use sticky_core::{Env, RequestView, Sticky};
+    /// let sticky = Sticky::builder().build(Env::machine("148ed599c14189")).unwrap();
+    /// let req = http::Request::get("/").header("cookie", "fly-machine-id=90801679a10038").body(()).unwrap();
+    /// let decision = sticky.decide(&req);
+    /// let res: http::Response<String> = decision.short_circuit().unwrap().to_response();
+    /// assert_eq!(res.status(), 307);
+    /// assert_eq!(res.headers()["fly-replay"], "prefer_instance=90801679a10038");
+    /// ```
+    #[cfg(feature = "http")]
+    pub fn to_response<B: Default>(&self) -> http::Response<B> {
+        let mut res = http::Response::new(B::default());
+        *res.status_mut() =
+            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::TEMPORARY_REDIRECT);
+        for (name, value) in self.headers() {
+            if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                res.headers_mut()
+                    .append(http::HeaderName::from_static(name), value);
+            }
+        }
+        res
+    }
+}

@@ -1,0 +1,287 @@
+//! Where targets come from and what a valid one looks like.
+//!
+//! Everything here runs on the hot path: no allocation, no percent-decoding.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Longest target value the engine ever accepts, whatever the format.
+pub const MAX_TARGET_LEN: usize = 64;
+
+/// Where a target Machine ID was found in the request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// The sticky cookie.
+    Cookie,
+    /// The query parameter (for WebSocket handshakes from browsers).
+    Query,
+    /// A request header.
+    Header,
+}
+
+impl Source {
+    /// A short lowercase name, for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cookie => "cookie",
+            Source::Query => "query",
+            Source::Header => "header",
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which values count as a Machine ID.
+///
+/// Whatever the format, a value is refused unless it is 1 to
+/// [`MAX_TARGET_LEN`] visible ASCII characters without `;`, `,`, `=`, `"` or
+/// `\`: no format can let a value inject a field into `fly-replay`.
+///
+/// ```
+/// use sticky_core::TargetFormat;
+///
+/// let fly = TargetFormat::MachineId;
+/// assert!(fly.accepts("148ed599c14189"));
+/// assert!(!fly.accepts("148ED599C14189"));
+/// assert!(!fly.accepts("x;app=other"));
+///
+/// // A custom format may narrow, but never admit separators.
+/// let any = TargetFormat::custom(|_| true);
+/// assert!(any.accepts("local-1"));
+/// assert!(!any.accepts("local;app=x"));
+/// ```
+#[derive(Clone, Default)]
+pub enum TargetFormat {
+    /// Fly's Machine IDs: exactly 14 lowercase hex characters (`^[0-9a-f]{14}$`).
+    #[default]
+    MachineId,
+    /// A custom check, applied after the built-in safety rule.
+    Custom(Arc<dyn Fn(&str) -> bool + Send + Sync>),
+}
+
+impl TargetFormat {
+    /// A custom format from a predicate.
+    pub fn custom(check: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        TargetFormat::Custom(Arc::new(check))
+    }
+
+    /// Whether `value` is an acceptable target.
+    pub fn accepts(&self, value: &str) -> bool {
+        self.accepts_bytes(value.as_bytes())
+    }
+
+    #[inline]
+    pub(crate) fn accepts_bytes(&self, value: &[u8]) -> bool {
+        match self {
+            TargetFormat::MachineId => is_machine_id(value),
+            TargetFormat::Custom(check) => {
+                is_safe_token(value) && std::str::from_utf8(value).is_ok_and(|s| check(s))
+            }
+        }
+    }
+}
+
+impl fmt::Debug for TargetFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetFormat::MachineId => f.write_str("MachineId"),
+            TargetFormat::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// `^[0-9a-f]{14}$`.
+#[inline]
+pub(crate) fn is_machine_id(v: &[u8]) -> bool {
+    v.len() == 14
+        && v.iter()
+            .all(|&b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The rule no format can relax: short, visible ASCII, and none of the bytes
+/// that separate or quote `fly-replay` fields.
+#[inline]
+pub(crate) fn is_safe_token(v: &[u8]) -> bool {
+    !v.is_empty()
+        && v.len() <= MAX_TARGET_LEN
+        && v.iter()
+            .all(|&b| (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b',' | b'=' | b'"' | b'\\'))
+}
+
+/// An RFC 9110 `tchar`.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// An RFC 9110 token: one or more `tchar`.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(is_tchar)
+}
+
+#[inline]
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+#[inline]
+fn trim_ows(mut v: &[u8]) -> &[u8] {
+    while let [first, rest @ ..] = v {
+        if !is_ows(*first) {
+            break;
+        }
+        v = rest;
+    }
+    while let [rest @ .., last] = v {
+        if !is_ows(*last) {
+            break;
+        }
+        v = rest;
+    }
+    v
+}
+
+/// Finds `name=` at cookie-pair boundaries in one `Cookie` header value.
+///
+/// Built once from the cookie name. The search itself is a SIMD substring
+/// scan, then a check that the match starts a cookie pair (start of the
+/// field, or `;` and optional whitespace before it), so `xname=` and a value
+/// that merely contains `name=` never match.
+#[derive(Clone, Debug)]
+pub(crate) struct CookieScanner {
+    needle: memchr::memmem::Finder<'static>,
+    len: usize,
+}
+
+impl CookieScanner {
+    pub(crate) fn new(name: &str) -> Self {
+        let mut needle = name.as_bytes().to_vec();
+        needle.push(b'=');
+        let len = needle.len();
+        Self {
+            needle: memchr::memmem::Finder::new(&needle).into_owned(),
+            len,
+        }
+    }
+
+    /// Calls `each` with the raw value of every pair named like ours in
+    /// `field`, in order, until it returns `true` (stop).
+    #[inline]
+    pub(crate) fn scan<'a>(
+        &self,
+        field: &'a [u8],
+        each: &mut impl FnMut(&'a [u8]) -> bool,
+    ) -> bool {
+        let mut from = 0;
+        while let Some(found) = self.needle.find(&field[from..]) {
+            let start = from + found;
+            from = start + 1;
+            if !starts_pair(field, start) {
+                continue;
+            }
+            let value_start = start + self.len;
+            let rest = &field[value_start..];
+            let end = memchr::memchr(b';', rest).unwrap_or(rest.len());
+            if each(trim_ows(&rest[..end])) {
+                return true;
+            }
+            from = value_start + end;
+        }
+        false
+    }
+}
+
+/// Whether position `at` in a `Cookie` field begins a cookie pair.
+#[inline]
+fn starts_pair(field: &[u8], at: usize) -> bool {
+    let mut i = at;
+    while i > 0 && is_ows(field[i - 1]) {
+        i -= 1;
+    }
+    i == 0 || field[i - 1] == b';'
+}
+
+/// Calls `each` with the raw value of every `name=value` pair of a query
+/// string, in order, until it returns `true`. No percent-decoding: an encoded
+/// value simply fails validation.
+#[inline]
+pub(crate) fn scan_query<'a>(
+    query: &'a str,
+    name: &str,
+    each: &mut impl FnMut(&'a [u8]) -> bool,
+) -> bool {
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        if let Some(value) = pair
+            .strip_prefix(name.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"="))
+            && each(value)
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// Trims optional whitespace around a header value.
+#[inline]
+pub(crate) fn header_value(v: &[u8]) -> &[u8] {
+    trim_ows(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all(scanner: &CookieScanner, field: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        scanner.scan(field.as_bytes(), &mut |v| {
+            out.push(String::from_utf8_lossy(v).into_owned());
+            false
+        });
+        out
+    }
+
+    #[test]
+    fn cookie_scan_finds_pairs_only_at_boundaries() {
+        let s = CookieScanner::new("fly-machine-id");
+        assert_eq!(all(&s, "fly-machine-id=abc"), ["abc"]);
+        assert_eq!(all(&s, "a=1; fly-machine-id=abc; b=2"), ["abc"]);
+        assert_eq!(all(&s, "a=1;fly-machine-id=abc"), ["abc"]);
+        assert_eq!(all(&s, "a=1;\t fly-machine-id= abc ;b"), ["abc"]);
+        assert_eq!(all(&s, "xfly-machine-id=abc"), Vec::<String>::new());
+        assert_eq!(all(&s, "a=x fly-machine-id=abc"), Vec::<String>::new());
+        assert_eq!(all(&s, "a=fly-machine-id=abc"), Vec::<String>::new());
+        assert_eq!(all(&s, "fly-machine-id=1; fly-machine-id=2"), ["1", "2"]);
+        assert_eq!(all(&s, "fly-machine-id"), Vec::<String>::new());
+        assert_eq!(all(&s, "fly-machine-id="), [""]);
+    }
+
+    #[test]
+    fn query_scan_is_exact_and_raw() {
+        let mut out = Vec::new();
+        scan_query(
+            "a=1&fly_instance_id=x%3B&xfly_instance_id=y&fly_instance_id=z",
+            "fly_instance_id",
+            &mut |v| {
+                out.push(v.to_vec());
+                false
+            },
+        );
+        assert_eq!(out, [b"x%3B".to_vec(), b"z".to_vec()]);
+    }
+
+    #[test]
+    fn safe_token_rule() {
+        for bad in [
+            "", "a;b", "a,b", "a=b", "a\"b", "a b", "a\tb", "a\rb", "a\\b", "é",
+        ] {
+            assert!(!is_safe_token(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(!is_safe_token(&[b'a'; MAX_TARGET_LEN + 1]));
+        assert!(is_safe_token(b"local-1_A.b"));
+    }
+}

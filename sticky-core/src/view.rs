@@ -1,0 +1,176 @@
+//! The borrowed request view the engine decides on.
+
+use std::ops::ControlFlow;
+
+/// A borrowed view of an HTTP request: method, path, query and header values.
+///
+/// Adapters implement it over their framework's request type without copying
+/// the header map. Header names are asked for in lowercase; an implementation
+/// must look them up case-insensitively and yield every value of a repeated
+/// header in order (several `Cookie` fields are legal).
+///
+/// The trait is dyn-compatible, so predicates can take `&dyn RequestView`.
+///
+/// ```
+/// use std::ops::ControlFlow;
+/// use sticky_core::RequestView;
+///
+/// struct Plain<'a> { path: &'a str, cookie: &'a str }
+///
+/// impl RequestView for Plain<'_> {
+///     fn method(&self) -> &str { "GET" }
+///     fn path(&self) -> &str { self.path }
+///     fn query(&self) -> Option<&str> { None }
+///     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
+///         if name == "cookie" {
+///             let _ = each(self.cookie.as_bytes());
+///         }
+///     }
+/// }
+///
+/// let req = Plain { path: "/", cookie: "a=1" };
+/// assert_eq!(req.header("cookie"), Some(&b"a=1"[..]));
+/// assert!(req.header("x-other").is_none());
+/// ```
+pub trait RequestView {
+    /// The request method, e.g. `GET` (as sent, upper case for standard methods).
+    fn method(&self) -> &str;
+    /// The path of the request target, without the query (e.g. `/a/b`).
+    fn path(&self) -> &str;
+    /// The raw query string without the `?`, if any.
+    fn query(&self) -> Option<&str>;
+    /// Calls `each` with every value of the header `name` (lowercase), in
+    /// order, until it returns [`ControlFlow::Break`].
+    fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>);
+
+    /// The first value of the header `name`, if present.
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        let mut first = None;
+        self.header_values(name, &mut |v| {
+            first = Some(v);
+            ControlFlow::Break(())
+        });
+        first
+    }
+
+    /// Whether the header `name` is present at all.
+    fn has_header(&self, name: &str) -> bool {
+        self.header(name).is_some()
+    }
+}
+
+impl<T: RequestView + ?Sized> RequestView for &T {
+    fn method(&self) -> &str {
+        (**self).method()
+    }
+    fn path(&self) -> &str {
+        (**self).path()
+    }
+    fn query(&self) -> Option<&str> {
+        (**self).query()
+    }
+    fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
+        (**self).header_values(name, each)
+    }
+}
+
+#[cfg(feature = "http")]
+mod http_impls {
+    use super::*;
+
+    fn each_value<'a>(
+        map: &'a http::HeaderMap,
+        name: &str,
+        each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
+    ) {
+        for value in map.get_all(name) {
+            if each(value.as_bytes()).is_break() {
+                break;
+            }
+        }
+    }
+
+    /// Views an `http` 1.x request (any body type).
+    impl<B> RequestView for http::Request<B> {
+        fn method(&self) -> &str {
+            self.method().as_str()
+        }
+        fn path(&self) -> &str {
+            self.uri().path()
+        }
+        fn query(&self) -> Option<&str> {
+            self.uri().query()
+        }
+        fn header_values<'a>(
+            &'a self,
+            name: &str,
+            each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value(self.headers(), name, each)
+        }
+    }
+
+    /// Views the head of an `http` 1.x request.
+    impl RequestView for http::request::Parts {
+        fn method(&self) -> &str {
+            self.method.as_str()
+        }
+        fn path(&self) -> &str {
+            self.uri.path()
+        }
+        fn query(&self) -> Option<&str> {
+            self.uri.query()
+        }
+        fn header_values<'a>(
+            &'a self,
+            name: &str,
+            each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value(&self.headers, name, each)
+        }
+    }
+
+    /// A view over borrowed `http` 1.x parts, for frameworks that keep the
+    /// original URI apart from the routed one (poem's `original_uri()`).
+    ///
+    /// ```
+    /// use sticky_core::{HttpView, RequestView};
+    ///
+    /// let uri: http::Uri = "/app/ws?fly_instance_id=148ed599c14189".parse().unwrap();
+    /// let headers = http::HeaderMap::new();
+    /// let view = HttpView { method: &http::Method::GET, uri: &uri, headers: &headers };
+    /// assert_eq!(view.path(), "/app/ws");
+    /// assert_eq!(view.query(), Some("fly_instance_id=148ed599c14189"));
+    /// ```
+    #[derive(Clone, Copy, Debug)]
+    pub struct HttpView<'r> {
+        /// The request method.
+        pub method: &'r http::Method,
+        /// The request target to decide on.
+        pub uri: &'r http::Uri,
+        /// The request headers.
+        pub headers: &'r http::HeaderMap,
+    }
+
+    impl RequestView for HttpView<'_> {
+        fn method(&self) -> &str {
+            self.method.as_str()
+        }
+        fn path(&self) -> &str {
+            self.uri.path()
+        }
+        fn query(&self) -> Option<&str> {
+            self.uri.query()
+        }
+        fn header_values<'a>(
+            &'a self,
+            name: &str,
+            each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value(self.headers, name, each)
+        }
+    }
+}
+
+#[cfg(feature = "http")]
+pub use http_impls::HttpView;
