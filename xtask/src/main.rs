@@ -10,8 +10,14 @@ fn main() -> ExitCode {
     let result = match task {
         "ci" => ci(),
         _ => {
-            eprintln!("usage: cargo xtask <task>\n\ntasks:\n  ci    fmt check, clippy -D warnings, all tests, docs");
-            return if task == "help" { ExitCode::SUCCESS } else { ExitCode::from(2) };
+            eprintln!(
+                "usage: cargo xtask <task>\n\ntasks:\n  ci    fmt check, clippy -D warnings, all tests, docs"
+            );
+            return if task == "help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
         }
     };
     match result {
@@ -29,7 +35,9 @@ fn cargo() -> Command {
 
 fn run(what: &str, mut cmd: Command) -> Result<(), String> {
     eprintln!("\n==> {what}");
-    let status = cmd.status().map_err(|e| format!("{what}: cannot start: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -43,8 +51,19 @@ fn ci() -> Result<(), String> {
     run("cargo fmt --all --check", fmt)?;
 
     let mut clippy = cargo();
-    clippy.args(["clippy", "--workspace", "--all-targets", "--all-features", "--", "-D", "warnings"]);
-    run("cargo clippy --workspace --all-targets --all-features -- -D warnings", clippy)?;
+    clippy.args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--all-features",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    run(
+        "cargo clippy --workspace --all-targets --all-features -- -D warnings",
+        clippy,
+    )?;
 
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features"]);
@@ -52,7 +71,10 @@ fn ci() -> Result<(), String> {
 
     let mut core_minimal = cargo();
     core_minimal.args(["test", "-p", "sticky-core", "--no-default-features"]);
-    run("cargo test -p sticky-core --no-default-features", core_minimal)?;
+    run(
+        "cargo test -p sticky-core --no-default-features",
+        core_minimal,
+    )?;
 
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
