@@ -9,7 +9,7 @@ mod common;
 
 use common::{Req, S, T};
 use proptest::prelude::*;
-use sticky_core::{Decision, Env, Marker, Reason, Source, Sticky, TargetFormat};
+use sticky_core::{Decision, Env, Marker, Sticky, TargetFormat};
 
 /// Bytes an attacker would try: separators, quotes, encodings, CR/LF, IDs.
 fn nasty_text() -> impl Strategy<Value = String> {
@@ -190,6 +190,7 @@ proptest! {
 #[cfg(feature = "signed")]
 mod signed {
     use super::*;
+    use sticky_core::{Reason, Source};
 
     const KEY: &[u8] = b"a signing key that is at least thirty-two bytes";
     const FOREIGN: &[u8] = b"somebody else's key, also thirty-two bytes long";

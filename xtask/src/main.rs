@@ -1,24 +1,35 @@
 //! Project automation, run as `cargo xtask <task>` (see `.cargo/config.toml`).
-//!
-//! - `ci`: format check, clippy with warnings denied, every test, docs.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+
+mod conformance_matrix;
+mod demo;
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  ci            fmt check, clippy -D warnings, every test, docs (what CI runs)
+  conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
+  demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness";
+
+/// The frameworks, in matrix order. An adapter is present when its example
+/// package exists in the workspace.
+pub(crate) const FRAMEWORKS: [&str; 5] = ["axum", "actix-web", "warp", "rocket", "poem"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let task = args.first().map(String::as_str).unwrap_or("help");
+    let rest = args.get(1..).unwrap_or_default();
     let result = match task {
         "ci" => ci(),
-        _ => {
-            eprintln!(
-                "usage: cargo xtask <task>\n\ntasks:\n  ci    fmt check, clippy -D warnings, all tests, docs"
-            );
-            return if task == "help" {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            };
+        "conformance" => conformance_matrix::run(rest),
+        "demo" => demo::run(rest),
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
         }
+        other => Err(format!("unknown task {other:?}\n\n{USAGE}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,11 +40,24 @@ fn main() -> ExitCode {
     }
 }
 
-fn cargo() -> Command {
-    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()))
+/// The workspace root (xtask lives one level below it).
+pub(crate) fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
-fn run(what: &str, mut cmd: Command) -> Result<(), String> {
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    cmd.current_dir(root());
+    cmd
+}
+
+pub(crate) fn run(what: &str, mut cmd: Command) -> Result<(), String> {
     eprintln!("\n==> {what}");
     let status = cmd
         .status()
@@ -43,6 +67,42 @@ fn run(what: &str, mut cmd: Command) -> Result<(), String> {
     } else {
         Err(format!("{what} failed ({status})"))
     }
+}
+
+/// Builds the example of each framework present, in release; returns the binaries.
+pub(crate) fn build_examples(frameworks: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    let present: Vec<&str> = frameworks
+        .iter()
+        .copied()
+        .filter(|fw| {
+            root()
+                .join("examples")
+                .join(fw)
+                .join("Cargo.toml")
+                .is_file()
+        })
+        .collect();
+    if present.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut build = cargo();
+    build.args(["build", "--release"]);
+    for fw in &present {
+        build.args(["-p", &format!("example-{fw}")]);
+    }
+    run(
+        &format!("cargo build --release ({})", present.join(", ")),
+        build,
+    )?;
+    Ok(present
+        .into_iter()
+        .map(|fw| {
+            (
+                fw.to_owned(),
+                target_dir().join("release").join(format!("example-{fw}")),
+            )
+        })
+        .collect())
 }
 
 fn ci() -> Result<(), String> {
@@ -69,10 +129,32 @@ fn ci() -> Result<(), String> {
     test.args(["test", "--workspace", "--all-features"]);
     run("cargo test --workspace --all-features", test)?;
 
+    // The core without `http` (what http 0.2 frameworks depend on).
     let mut core_minimal = cargo();
-    core_minimal.args(["test", "-p", "sticky-core", "--no-default-features"]);
+    core_minimal.args([
+        "clippy",
+        "-p",
+        "sticky-core",
+        "--no-default-features",
+        "--lib",
+        "--",
+        "-D",
+        "warnings",
+    ]);
     run(
-        "cargo test -p sticky-core --no-default-features",
+        "cargo clippy -p sticky-core --no-default-features --lib -- -D warnings",
+        core_minimal,
+    )?;
+    let mut core_minimal = cargo();
+    core_minimal.args([
+        "test",
+        "-p",
+        "sticky-core",
+        "--no-default-features",
+        "--lib",
+    ]);
+    run(
+        "cargo test -p sticky-core --no-default-features --lib",
         core_minimal,
     )?;
 

@@ -1,5 +1,5 @@
 //! Session affinity on [Fly.io](https://fly.io) for axum, hyper, tonic and any
-//! [tower] stack.
+//! [tower](https://docs.rs/tower) stack.
 //!
 //! [`StickyLayer`] wraps a service. For each request it asks
 //! [`sticky_core::Sticky::decide`] and then either calls the inner service

@@ -1,0 +1,416 @@
+//! Session affinity on [Fly.io](https://fly.io) for [actix-web].
+//!
+//! [`Sticky`] is an actix-web middleware (a [`Transform`] used with
+//! `.wrap(...)`). For each request it asks [`sticky_core::Sticky::decide`]
+//! and then either calls the wrapped service unchanged, calls it and appends
+//! the sticky `Set-Cookie` to its response, or answers at once with a
+//! `fly-replay` response **without calling the wrapped service**: Fly's proxy
+//! then replays the request to the Machine the user is pinned to. All
+//! decisions live in `sticky-core`; this crate only translates.
+//!
+//! # Quickstart
+//!
+//! Build the engine once, then wrap the app. The configuration is the same
+//! as for every other sticky adapter; only the line that attaches the
+//! middleware is specific to actix-web.
+//!
+//! ```no_run
+//! use actix_web::{App, HttpServer, web};
+//! use sticky_actix_web::sticky_core::{Env, Sticky};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sticky = Sticky::builder()
+//!     .exclude(["/health"])
+//!     .build(Env::from_process())?;
+//!
+//! actix_web::rt::System::new().block_on(async move {
+//!     HttpServer::new(move || {
+//!         App::new()
+//!             .route("/", web::get().to(|| async { "hello from this Machine" }))
+//!             .route("/health", web::get().to(|| async { "ok" }))
+//!             .wrap(sticky_actix_web::Sticky::new(sticky.clone()))
+//!     })
+//!     .bind(("0.0.0.0", 8080))?
+//!     .run()
+//!     .await
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Register the middleware **last** (actix-web runs the last `.wrap(...)`
+//! first) so that nothing runs before the decision: a replayed request must
+//! not have side effects on this Machine. It also works on a `Scope` or a
+//! `Resource`; the decision always sees the full request path.
+//!
+//! What the middleware does, end to end (this example runs):
+//!
+//! ```
+//! use actix_web::{App, http::StatusCode, test, web};
+//! use sticky_actix_web::sticky_core::{Env, Sticky};
+//!
+//! # actix_web::rt::System::new().block_on(async {
+//! let sticky = Sticky::builder().build(Env::machine("148ed599c14189")).unwrap();
+//! let app = test::init_service(
+//!     App::new()
+//!         .route("/", web::get().to(|| async { "served here" }))
+//!         .wrap(sticky_actix_web::Sticky::new(sticky)),
+//! )
+//! .await;
+//!
+//! // A first visit is served here and pinned here.
+//! let res = test::call_service(&app, test::TestRequest::get().uri("/").to_request()).await;
+//! assert_eq!(res.status(), StatusCode::OK);
+//! let cookie = res.headers().get("set-cookie").unwrap().to_str().unwrap();
+//! assert!(cookie.starts_with("fly-machine-id=148ed599c14189;"));
+//!
+//! // A user pinned to another Machine is replayed there; the handler does not run.
+//! let req = test::TestRequest::get()
+//!     .uri("/")
+//!     .insert_header(("cookie", "fly-machine-id=90801679a10038"))
+//!     .to_request();
+//! let res = test::call_service(&app, req).await;
+//! assert_eq!(res.status(), StatusCode::TEMPORARY_REDIRECT);
+//! assert_eq!(res.headers().get("fly-replay").unwrap(), "prefer_instance=90801679a10038");
+//! assert!(test::read_body(res).await.is_empty());
+//! # });
+//! ```
+//!
+//! # Draining on shutdown
+//!
+//! Fly sends `SIGTERM` before stopping a Machine. Turn drain on (requests
+//! pinned here are then replayed elsewhere with `elsewhere=true`), keep
+//! serving for a grace period, then stop the server gracefully. Disable
+//! actix-web's own signal handling so that it does not stop at once:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use actix_web::{App, HttpServer, web};
+//! use sticky_actix_web::sticky_core::{Env, Sticky};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sticky = Sticky::builder().build(Env::from_process())?;
+//! let engine = sticky.clone();
+//!
+//! actix_web::rt::System::new().block_on(async move {
+//!     let server = HttpServer::new(move || {
+//!         App::new()
+//!             .route("/", web::get().to(|| async { "hello" }))
+//!             .wrap(sticky_actix_web::Sticky::new(engine.clone()))
+//!     })
+//!     .disable_signals()
+//!     .shutdown_timeout(5)
+//!     .bind(("0.0.0.0", 8080))?
+//!     .run();
+//!
+//!     let handle = server.handle();
+//!     actix_web::rt::spawn(async move {
+//!         use tokio::signal::unix::{SignalKind, signal};
+//!         let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+//!         term.recv().await;
+//!         sticky.drain(); // from now on, new and pinned-here requests go elsewhere
+//!         actix_web::rt::time::sleep(Duration::from_secs(5)).await;
+//!         handle.stop(true).await; // graceful: in-flight requests finish
+//!     });
+//!     server.await
+//! })?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Skipping requests
+//!
+//! Path globs, methods and a predicate over the request view are configured
+//! on the [`sticky_core::Sticky`] builder and behave the same in every
+//! framework. [`Sticky::skip_if`] adds a predicate over the full
+//! [`ServiceRequest`] (extensions, app data, peer address) for actix-specific
+//! needs.
+//!
+//! # Notes on actix-web
+//!
+//! - actix-web uses `http` 0.2 types. The request view borrows the method,
+//!   path, query and header values straight from the [`ServiceRequest`]; no
+//!   header map is converted or copied.
+//! - The short-circuit response has an empty body; the two body types are
+//!   unified with [`EitherBody`] (`Left` is the app's body, `Right` the
+//!   short-circuit).
+//! - A WebSocket upgrade that must be replayed gets the replay status
+//!   (307 by default), never `101`; actix-web then answers with
+//!   `connection: close`, which Fly's proxy handles.
+//! - The request body is never read by the middleware. When a request is
+//!   answered without running the handler, actix-web discards its body.
+//!
+//! [actix-web]: https://actix.rs
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::future::{Future, Ready, ready};
+use std::ops::ControlFlow;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use actix_web::Error;
+use actix_web::HttpResponse;
+use actix_web::body::EitherBody;
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
+use actix_web::http::StatusCode;
+use actix_web::http::header::{CACHE_CONTROL, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
+use pin_project_lite::pin_project;
+pub use sticky_core;
+use sticky_core::{Decision, RequestView, SetCookie, ShortCircuit};
+
+/// A predicate that exempts a request from stickiness.
+///
+/// Implemented for every `Fn(&ServiceRequest) -> bool`.
+pub trait Skip {
+    /// Whether `req` bypasses the middleware.
+    fn skip(&self, req: &ServiceRequest) -> bool;
+}
+
+/// The default: skip nothing (the engine's own rules still apply).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoSkip;
+
+impl Skip for NoSkip {
+    fn skip(&self, _: &ServiceRequest) -> bool {
+        false
+    }
+}
+
+impl<F> Skip for F
+where
+    F: Fn(&ServiceRequest) -> bool,
+{
+    fn skip(&self, req: &ServiceRequest) -> bool {
+        self(req)
+    }
+}
+
+/// The session-affinity middleware: use it with `.wrap(...)` on an `App`,
+/// a `Scope` or a `Resource`.
+///
+/// ```
+/// use actix_web::{App, web};
+/// use sticky_actix_web::sticky_core::{Env, Sticky};
+///
+/// let sticky = Sticky::builder().build(Env::default()).unwrap();
+/// let app = App::new()
+///     .route("/", web::get().to(|| async { "hi" }))
+///     .wrap(sticky_actix_web::Sticky::new(sticky));
+/// # let _ = app;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sticky<P = NoSkip> {
+    sticky: sticky_core::Sticky,
+    skip: P,
+}
+
+impl Sticky {
+    /// A middleware deciding with `sticky`.
+    pub fn new(sticky: sticky_core::Sticky) -> Self {
+        Self {
+            sticky,
+            skip: NoSkip,
+        }
+    }
+}
+
+impl<P> Sticky<P> {
+    /// Bypasses the middleware for requests where `skip` returns true.
+    ///
+    /// ```
+    /// # use sticky_actix_web::sticky_core::{Env, Sticky};
+    /// use actix_web::dev::ServiceRequest;
+    ///
+    /// let sticky = Sticky::builder().build(Env::default()).unwrap();
+    /// let middleware = sticky_actix_web::Sticky::new(sticky)
+    ///     .skip_if(|req: &ServiceRequest| req.headers().contains_key("x-internal"));
+    /// # let _ = middleware;
+    /// ```
+    pub fn skip_if<F>(self, skip: F) -> Sticky<F>
+    where
+        F: Fn(&ServiceRequest) -> bool,
+    {
+        Sticky {
+            sticky: self.sticky,
+            skip,
+        }
+    }
+
+    /// The engine, e.g. to call [`sticky_core::Sticky::drain`].
+    pub fn sticky(&self) -> &sticky_core::Sticky {
+        &self.sticky
+    }
+}
+
+impl<S, B, P> Transform<S, ServiceRequest> for Sticky<P>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    P: Skip + Clone,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = StickyMiddleware<S, P>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(StickyMiddleware {
+            service,
+            sticky: self.sticky.clone(),
+            skip: self.skip.clone(),
+        }))
+    }
+}
+
+/// The service made by [`Sticky`] around the wrapped service.
+#[derive(Debug)]
+pub struct StickyMiddleware<S, P = NoSkip> {
+    service: S,
+    sticky: sticky_core::Sticky,
+    skip: P,
+}
+
+impl<S, B, P> Service<ServiceRequest> for StickyMiddleware<S, P>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    P: Skip,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = StickyFuture<S::Future, B>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        if self.skip.skip(&req) {
+            return StickyFuture::inner(self.service.call(req), None);
+        }
+        match self.sticky.decide(&View(&req)) {
+            Decision::Stick(_) => StickyFuture::inner(self.service.call(req), None),
+            Decision::SetCookie(cookie, _) => {
+                StickyFuture::inner(self.service.call(req), Some(cookie))
+            }
+            Decision::Replay(reply, _) | Decision::Refuse(reply, _) => StickyFuture {
+                kind: Kind::Ready {
+                    response: ready(Ok(short_circuit(req, &reply))),
+                },
+            },
+        }
+    }
+}
+
+/// Answers `req` with the short-circuit (status, headers, empty body),
+/// dropping its unread body.
+fn short_circuit<B>(req: ServiceRequest, reply: &ShortCircuit) -> ServiceResponse<EitherBody<B>> {
+    // The core never yields 101 or an invalid status; 307 is its default.
+    let status = StatusCode::from_u16(reply.status()).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+    let mut response = HttpResponse::new(status);
+    append(response.headers_mut(), reply.headers());
+    req.into_response(response).map_into_right_body()
+}
+
+/// Appends headers yielded by the core (lowercase static names, validated
+/// values) to an actix-web header map, never replacing existing values.
+fn append<'a>(map: &mut HeaderMap, headers: impl Iterator<Item = (&'static str, &'a [u8])>) {
+    for (name, value) in headers {
+        // Both were validated by the core; a failure would be a core bug and
+        // dropping the header is the safe outcome.
+        if let (Some(name), Ok(value)) = (header_name(name), HeaderValue::from_bytes(value)) {
+            map.append(name, value);
+        }
+    }
+}
+
+/// The names the core yields, without allocating; any other is parsed.
+fn header_name(name: &'static str) -> Option<HeaderName> {
+    const FLY_REPLAY: HeaderName = HeaderName::from_static("fly-replay");
+    match name {
+        "set-cookie" => Some(SET_COOKIE),
+        "cache-control" => Some(CACHE_CONTROL),
+        "fly-replay" => Some(FLY_REPLAY),
+        other => HeaderName::from_lowercase(other.as_bytes()).ok(),
+    }
+}
+
+/// The request view the engine decides on, borrowed from the actix-web request.
+struct View<'r>(&'r ServiceRequest);
+
+impl RequestView for View<'_> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.path()
+    }
+
+    fn query(&self) -> Option<&str> {
+        // actix-web gives "" for both "no query" and "empty query".
+        Some(self.0.query_string()).filter(|q| !q.is_empty())
+    }
+
+    fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
+        // Case-insensitive (the name is parsed into a lowercase HeaderName);
+        // every value of a repeated header, in the order received.
+        for value in self.0.headers().get_all(name) {
+            if each(value.as_bytes()).is_break() {
+                break;
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`StickyMiddleware`]: the wrapped service's future (plus
+    /// the cookie to append), or a ready short-circuit response.
+    pub struct StickyFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Inner { #[pin] future: F, cookie: Option<SetCookie> },
+        Ready { #[pin] response: Ready<Result<ServiceResponse<EitherBody<B>>, Error>> },
+    }
+}
+
+impl<F, B> StickyFuture<F, B> {
+    fn inner(future: F, cookie: Option<SetCookie>) -> Self {
+        Self {
+            kind: Kind::Inner { future, cookie },
+        }
+    }
+}
+
+impl<F, B> Future for StickyFuture<F, B>
+where
+    F: Future<Output = Result<ServiceResponse<B>, Error>>,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Inner { future, cookie } => {
+                let mut response = std::task::ready!(future.poll(cx))?;
+                if let Some(cookie) = cookie.take() {
+                    let headers = response.headers_mut();
+                    let has_cache_control = headers.contains_key(CACHE_CONTROL);
+                    append(headers, cookie.headers(has_cache_control));
+                }
+                Poll::Ready(Ok(response.map_into_left_body()))
+            }
+            KindProj::Ready { response } => response.poll(cx),
+        }
+    }
+}
+
+impl<F, B> std::fmt::Debug for StickyFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StickyFuture").finish_non_exhaustive()
+    }
+}

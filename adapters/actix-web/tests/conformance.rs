@@ -1,0 +1,41 @@
+//! The shared conformance suite against example-actix-web, in process.
+//!
+//! actix-web runs on its own (non-`Send`) runtime, so each instance's
+//! `HttpServer` runs on a dedicated thread with its own actix `System`; the
+//! stop hook sends a graceful stop through the server's handle.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use conformance::{App, Instance};
+use sticky_actix_web::sticky_core::Sticky;
+
+struct ActixWeb;
+
+impl App for ActixWeb {
+    fn framework(&self) -> &'static str {
+        "actix-web"
+    }
+
+    fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>> {
+        Box::pin(async move {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+            let addr = listener.local_addr()?;
+            let server = example_actix_web::server(listener, sticky)?;
+            let handle = example_actix_web::run_on_thread(server)?;
+            Ok(Instance::new(addr, move || {
+                // The command is sent now; the returned future only waits
+                // for completion, which the stop hook must not block on.
+                drop(handle.stop(true));
+            }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let report = conformance::run_in_process(ActixWeb).await;
+    println!("{report}");
+    report.assert_passed();
+}

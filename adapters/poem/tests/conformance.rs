@@ -1,0 +1,39 @@
+//! The shared conformance suite, run against the example app (`example-poem`)
+//! in this process.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use conformance::{App, Instance};
+use sticky_poem::sticky_core::Sticky;
+
+/// Starts `example_poem`'s contract app on 127.0.0.1:0.
+struct PoemApp;
+
+impl App for PoemApp {
+    fn framework(&self) -> &'static str {
+        "poem"
+    }
+
+    fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>> {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(example_poem::serve(listener, sticky, async {
+                let _ = stopped.await;
+            }));
+            // Stopping only signals: the server stops accepting at once and
+            // finishes in the background.
+            Ok(Instance::new(addr, move || {
+                let _ = stop.send(());
+            }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    conformance::run_in_process(PoemApp).await.assert_passed();
+}

@@ -1,0 +1,336 @@
+//! Session affinity for [Rocket](https://rocket.rs) 0.5 apps on
+//! [Fly.io](https://fly.io) with several Machines.
+//!
+//! [`Sticky`] is a Rocket [fairing](rocket::fairing::Fairing). For every request it
+//! asks the [`sticky_core`] engine what to do and then:
+//!
+//! - runs your handler untouched (`Stick`);
+//! - runs your handler, then appends `Set-Cookie` (and `Cache-Control:
+//!   private` when your response has no `Cache-Control`) to its response
+//!   (`SetCookie`);
+//! - or answers with the engine's short-circuit (a `307` carrying
+//!   `fly-replay: prefer_instance=<id>` by default, empty body) **without
+//!   running your handler**, so Fly's proxy replays the request to the Machine
+//!   the user is pinned to (`Replay`, `Refuse`).
+//!
+//! All decisions are taken by `sticky-core`; this crate only translates.
+//!
+//! # Quickstart
+//!
+//! Build the engine once, then attach the fairing. `sticky_core` is
+//! re-exported, so this crate is the only dependency you need besides Rocket.
+//!
+//! ```
+//! use rocket::local::blocking::Client;
+//! use rocket::{get, routes};
+//! use sticky_rocket::sticky_core::{self, Env};
+//!
+//! #[get("/")]
+//! fn index() -> &'static str {
+//!     "hello"
+//! }
+//!
+//! // On a real Machine: `Env::from_process()` (reads FLY_MACHINE_ID & co).
+//! let engine = sticky_core::Sticky::builder()
+//!     .exclude(["/health"])
+//!     .build(Env::machine("148ed599c14189"))?;
+//!
+//! let rocket = rocket::build()
+//!     .mount("/", routes![index])
+//!     .attach(sticky_rocket::Sticky::new(engine));
+//!
+//! let client = Client::tracked(rocket).expect("valid rocket");
+//!
+//! // A first visit is served here and pinned to this Machine.
+//! let res = client.get("/").dispatch();
+//! assert_eq!(res.status().code, 200);
+//! let cookie = res.headers().get_one("Set-Cookie").unwrap();
+//! assert!(cookie.starts_with("fly-machine-id=148ed599c14189;"));
+//!
+//! // A user pinned to another Machine is replayed there; `index` never runs.
+//! let res = client
+//!     .get("/")
+//!     .header(rocket::http::Header::new("Cookie", "fly-machine-id=90801679a10038"))
+//!     .dispatch();
+//! assert_eq!(res.status().code, 307);
+//! assert_eq!(
+//!     res.headers().get_one("fly-replay"),
+//!     Some("prefer_instance=90801679a10038"),
+//! );
+//! # Ok::<(), sticky_core::ConfigError>(())
+//! ```
+//!
+//! # How it works, and what you can observe
+//!
+//! A Rocket fairing cannot answer a request early, and changing the response
+//! in `on_response` would come too late (the handler, and its writes, would
+//! already have run). So:
+//!
+//! 1. `on_ignite` mounts one internal route per HTTP method at
+//!    [`SHORT_CIRCUIT_PATH`] (`/__sticky/short-circuit`), with the lowest
+//!    possible rank so that it is always tried first for that path.
+//! 2. `on_request` decides, stores the decision in the request-local cache
+//!    (a private type, invisible to your code) and, for a short-circuit,
+//!    rewrites the request URI to that internal route. The **method is kept**,
+//!    so Rocket still strips the body of a `HEAD` response.
+//! 3. The internal route answers the stored short-circuit. A request that
+//!    reaches that path on its own (nothing stored for it) is forwarded, so it
+//!    gets Rocket's `404` unless your app routes that path itself.
+//! 4. `on_response` appends the engine's headers for a `SetCookie` decision
+//!    with [`Response::adjoin_header`](rocket::Response::adjoin_header): your
+//!    own `Set-Cookie` headers are kept and your `Cache-Control` wins.
+//!
+//! Consequences worth knowing:
+//!
+//! - **Attach it after your other request fairings.** Request fairings run in
+//!   attach order: one attached later would see the URI
+//!   `/__sticky/short-circuit` instead of the original, and one that rewrites
+//!   URIs could move the request away from the internal route. Rocket's logs
+//!   show the rewritten URI for short-circuited requests.
+//! - The fairing is a singleton: attaching it twice keeps only the last one.
+//! - WebSocket upgrades (e.g. with `rocket_ws`) that must move get the ordinary
+//!   replay status, never `101`: the upgrade handler never runs.
+//! - Rocket applies the `_method` override of HTML forms (a `POST` form with a
+//!   `_method=put` field becomes a `PUT`) **before** any fairing runs, so the
+//!   engine sees the overridden method.
+//! - Rocket **drops header values that are not valid UTF-8** before fairings
+//!   run. A `Cookie` header with such bytes is therefore invisible to the
+//!   engine: the request counts as carrying no cookie, is served here and
+//!   pinned here.
+//! - Rocket's own data limits still apply to handlers; the engine never reads
+//!   a body (it only looks at `Content-Length` and `Transfer-Encoding`).
+//!
+//! # Draining on shutdown
+//!
+//! When Fly stops a Machine it sends `SIGTERM`. Call
+//! [`sticky_core::Sticky::drain`] then: pinned-here and new requests are
+//! replayed with `fly-replay: elsewhere=true` (and re-pinned by the Machine
+//! that receives them), while requests that cannot move are still served.
+//! Keep serving for a grace period, then shut Rocket down gracefully with
+//! [`Shutdown::notify`](rocket::Shutdown::notify).
+//!
+//! Rocket shuts down at once on `SIGTERM` by default, so take that signal away
+//! from it (`shutdown.signals`) and handle it yourself:
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use rocket::config::Shutdown as ShutdownConfig;
+//! use rocket::fairing::AdHoc;
+//! use rocket::tokio::{self, signal::unix::{signal, SignalKind}};
+//! use sticky_rocket::sticky_core::{self, Env};
+//!
+//! #[rocket::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let engine = sticky_core::Sticky::builder().build(Env::from_process())?;
+//!     let grace = Duration::from_secs(5);
+//!
+//!     let config = rocket::Config {
+//!         // Ctrl-C (SIGINT) still stops at once; SIGTERM is ours.
+//!         shutdown: ShutdownConfig {
+//!             ctrlc: true,
+//!             signals: Default::default(),
+//!             ..Default::default()
+//!         },
+//!         ..rocket::Config::default()
+//!     };
+//!
+//!     let drain = engine.clone();
+//!     let _ = rocket::custom(config)
+//!         .attach(sticky_rocket::Sticky::new(engine))
+//!         .attach(AdHoc::on_liftoff("drain on SIGTERM", move |rocket| {
+//!             let shutdown = rocket.shutdown();
+//!             Box::pin(async move {
+//!                 let Ok(mut term) = signal(SignalKind::terminate()) else { return };
+//!                 tokio::spawn(async move {
+//!                     term.recv().await;
+//!                     drain.drain(); // from now on, requests move elsewhere
+//!                     tokio::time::sleep(grace).await;
+//!                     shutdown.notify(); // graceful: Rocket's grace + mercy apply
+//!                 });
+//!             })
+//!         }))
+//!         .launch()
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+use std::ops::ControlFlow;
+
+use rocket::fairing::{self, Fairing, Info, Kind};
+use rocket::http::uri::Origin;
+use rocket::http::{Header, Method, Status};
+use rocket::route::{Handler, Outcome};
+use rocket::{Build, Data, Request, Response, Rocket, Route};
+use sticky_core::{Decision, RequestView, ShortCircuit};
+
+pub use sticky_core;
+
+/// The base path under which the fairing mounts its internal route.
+pub const BASE: &str = "/__sticky";
+
+/// The path of the internal route that answers short-circuits
+/// (`/__sticky/short-circuit`).
+///
+/// Requests that must not run your handler are rewritten to this path. A
+/// request sent to it directly is forwarded (Rocket answers `404` unless your
+/// app has a route for it): it never produces a replay on its own.
+pub const SHORT_CIRCUIT_PATH: &str = "/__sticky/short-circuit";
+
+/// The rank of the internal route: the lowest possible, so it is always tried
+/// before any of the app's routes for [`SHORT_CIRCUIT_PATH`].
+const RANK: isize = isize::MIN;
+
+/// Every method Rocket knows; the internal route is mounted for each so that
+/// a rewritten request keeps its method (`HEAD` responses stay body-less).
+const METHODS: [Method; 9] = [
+    Method::Get,
+    Method::Put,
+    Method::Post,
+    Method::Delete,
+    Method::Options,
+    Method::Head,
+    Method::Trace,
+    Method::Connect,
+    Method::Patch,
+];
+
+/// The sticky-session fairing: attach it with
+/// `rocket.attach(sticky_rocket::Sticky::new(engine))`.
+///
+/// See the [crate docs](crate) for what it does and a complete example.
+#[derive(Clone, Debug)]
+pub struct Sticky {
+    engine: sticky_core::Sticky,
+}
+
+impl Sticky {
+    /// Wraps an engine built with [`sticky_core::Sticky::builder`].
+    ///
+    /// Keep a clone of `engine` to call [`drain`](sticky_core::Sticky::drain)
+    /// on shutdown: clones share the drain switch.
+    pub fn new(engine: sticky_core::Sticky) -> Self {
+        Self { engine }
+    }
+
+    /// The engine this fairing decides with.
+    pub fn engine(&self) -> &sticky_core::Sticky {
+        &self.engine
+    }
+}
+
+impl From<sticky_core::Sticky> for Sticky {
+    fn from(engine: sticky_core::Sticky) -> Self {
+        Self::new(engine)
+    }
+}
+
+/// The decision for one request, kept in Rocket's request-local cache.
+/// Private: nothing outside this crate can store or read it.
+struct Stash(Option<Decision>);
+
+impl Stash {
+    fn get<'r>(req: &'r Request<'_>) -> Option<&'r Decision> {
+        req.local_cache(|| Stash(None)).0.as_ref()
+    }
+}
+
+/// A borrowed view of a Rocket request for the engine: no header copies.
+struct View<'v, 'r>(&'v Request<'r>);
+
+impl RequestView for View<'_, '_> {
+    fn method(&self) -> &str {
+        self.0.method().as_str()
+    }
+
+    fn path(&self) -> &str {
+        self.0.uri().path().as_str()
+    }
+
+    fn query(&self) -> Option<&str> {
+        self.0.uri().query().map(|q| q.as_str())
+    }
+
+    fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
+        // Rocket's header map is keyed case-insensitively and keeps every
+        // value of a repeated header in order.
+        for value in self.0.headers().get(name) {
+            if each(value.as_bytes()).is_break() {
+                break;
+            }
+        }
+    }
+}
+
+#[rocket::async_trait]
+impl Fairing for Sticky {
+    fn info(&self) -> Info {
+        Info {
+            name: "sticky (Fly.io session affinity)",
+            kind: Kind::Ignite | Kind::Request | Kind::Response | Kind::Singleton,
+        }
+    }
+
+    async fn on_ignite(&self, rocket: Rocket<Build>) -> fairing::Result {
+        let routes: Vec<Route> = METHODS
+            .into_iter()
+            .map(|method| Route::ranked(RANK, method, "/short-circuit", ShortCircuitRoute))
+            .collect();
+        Ok(rocket.mount(BASE, routes))
+    }
+
+    async fn on_request(&self, req: &mut Request<'_>, _data: &mut Data<'_>) {
+        let decision = self.engine.decide(&View(req));
+        // The first value stored wins; act on what is stored.
+        let short_circuit = req
+            .local_cache(|| Stash(Some(decision)))
+            .0
+            .as_ref()
+            .is_some_and(|d| !d.runs_handler());
+        if short_circuit {
+            req.set_uri(Origin::path_only(SHORT_CIRCUIT_PATH));
+        }
+    }
+
+    async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        let Some(set_cookie) = Stash::get(req).and_then(Decision::set_cookie) else {
+            return;
+        };
+        let has_cache_control = res.headers().contains("Cache-Control");
+        for (name, value) in set_cookie.headers(has_cache_control) {
+            if let Ok(value) = std::str::from_utf8(value) {
+                res.adjoin_header(Header::new(name, value.to_owned()));
+            }
+        }
+    }
+}
+
+/// The handler of the internal route: answers the stashed short-circuit, or
+/// forwards when there is none (the path was requested directly).
+#[derive(Clone, Copy)]
+struct ShortCircuitRoute;
+
+#[rocket::async_trait]
+impl Handler for ShortCircuitRoute {
+    async fn handle<'r>(&self, req: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
+        match Stash::get(req).and_then(Decision::short_circuit) {
+            Some(short_circuit) => Outcome::Success(respond(short_circuit)),
+            None => Outcome::forward(data, Status::NotFound),
+        }
+    }
+}
+
+/// The short-circuit as a Rocket response: status, headers, empty body.
+fn respond<'r>(short_circuit: &ShortCircuit) -> Response<'r> {
+    let mut res = Response::new();
+    res.set_status(Status::new(short_circuit.status()));
+    for (name, value) in short_circuit.headers() {
+        if let Ok(value) = std::str::from_utf8(value) {
+            res.adjoin_header(Header::new(name, value.to_owned()));
+        }
+    }
+    res
+}

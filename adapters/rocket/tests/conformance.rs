@@ -1,0 +1,33 @@
+//! The shared conformance suite, run against the Rocket example app.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use conformance::{App, Instance};
+
+struct RocketApp;
+
+impl App for RocketApp {
+    fn framework(&self) -> &'static str {
+        "rocket"
+    }
+
+    fn start(
+        &self,
+        sticky: sticky_rocket::sticky_core::Sticky,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<Instance>> + Send>> {
+        Box::pin(async move {
+            let running = example_rocket::start(sticky, example_rocket::test_config()).await?;
+            let shutdown = running.shutdown_handle();
+            // `notify` only trips Rocket's shutdown switch: it never blocks.
+            Ok(Instance::new(running.local_addr(), move || {
+                shutdown.notify()
+            }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    conformance::run_in_process(RocketApp).await.assert_passed();
+}

@@ -1,0 +1,194 @@
+//! The sticky app contract (DESIGN.md) served with actix-web.
+//!
+//! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
+//!   runs on this process (every route but `/health`);
+//! - `GET /health` answers `ok` and is never sticky;
+//! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
+//! - `GET /ws` echoes each text message as `<id>:<message>`.
+//!
+//! actix-web builds one `App` per worker thread, so the handler counter lives
+//! in a [`Contract`] that is built once and shared by every worker's app.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, Error, HttpRequest, HttpResponse, HttpServer, web};
+use actix_ws::Message;
+use sticky_actix_web::sticky_core::{ConfigError, Env, Sticky};
+
+/// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
+pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
+
+/// How long a graceful stop waits for in-flight requests (seconds).
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
+
+/// The engine with the contract's settings: defaults, `/health` excluded.
+pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
+    Sticky::builder().exclude(["/health"]).build(env)
+}
+
+struct State {
+    machine: Arc<str>,
+    handled: AtomicU64,
+}
+
+impl State {
+    fn count(&self) -> u64 {
+        self.handled.fetch_add(1, Ordering::Relaxed) + 1
+    }
+}
+
+/// The contract app: one engine and one shared handler counter, from which
+/// each worker builds its [`App`].
+#[derive(Clone)]
+pub struct Contract {
+    sticky: Sticky,
+    state: web::Data<State>,
+}
+
+impl Contract {
+    /// The app deciding with `sticky`; `<id>` is its Machine ID or `local`.
+    pub fn new(sticky: Sticky) -> Self {
+        let state = State {
+            machine: sticky.machine_id().unwrap_or("local").into(),
+            handled: AtomicU64::new(0),
+        };
+        Self {
+            sticky,
+            state: web::Data::new(state),
+        }
+    }
+
+    /// The engine (clones share the drain switch).
+    pub fn sticky(&self) -> &Sticky {
+        &self.sticky
+    }
+
+    /// How many times a handler ran (every route but `/health`).
+    pub fn handled(&self) -> u64 {
+        self.state.handled.load(Ordering::Relaxed)
+    }
+
+    /// The routes behind the sticky middleware, for one worker.
+    pub fn app(
+        &self,
+    ) -> App<
+        impl ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<impl MessageBody + use<>>,
+            Error = Error,
+            InitError = (),
+        > + use<>,
+    > {
+        App::new()
+            .app_data(self.state.clone())
+            .app_data(web::PayloadConfig::new(MAX_UPLOAD))
+            .route("/", web::get().to(index))
+            .route("/health", web::get().to(health))
+            .route("/upload", web::post().to(upload))
+            .route("/ws", web::get().to(ws))
+            .wrap(sticky_actix_web::Sticky::new(self.sticky.clone()))
+    }
+}
+
+async fn index(state: web::Data<State>) -> String {
+    let n = state.count();
+    format!("machine={} handled={n}", state.machine)
+}
+
+async fn health() -> &'static str {
+    "ok"
+}
+
+async fn upload(state: web::Data<State>, body: web::Bytes) -> String {
+    state.count();
+    format!("machine={} bytes={}", state.machine, body.len())
+}
+
+async fn ws(
+    state: web::Data<State>,
+    req: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, Error> {
+    let (response, mut session, mut stream) = actix_ws::handle(&req, body)?;
+    state.count();
+    let machine = state.machine.clone();
+    actix_web::rt::spawn(async move {
+        while let Some(Ok(message)) = stream.recv().await {
+            let sent = match message {
+                Message::Text(text) => session.text(format!("{machine}:{text}")).await,
+                Message::Ping(bytes) => session.pong(&bytes).await,
+                Message::Close(reason) => {
+                    let _ = session.close(reason).await;
+                    return;
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
+        let _ = session.close(None).await;
+    });
+    Ok(response)
+}
+
+/// The contract app served on `listener` (actix-web's own signal handling
+/// is off; see [`shutdown_on_signals`]).
+///
+/// Nothing runs until the returned [`Server`] is awaited, on an actix
+/// `System` (as in `main`) or with [`run_on_thread`].
+pub fn server(listener: std::net::TcpListener, sticky: Sticky) -> io::Result<Server> {
+    let contract = Contract::new(sticky);
+    Ok(HttpServer::new(move || contract.app())
+        .disable_signals()
+        .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+        .listen(listener)?
+        .run())
+}
+
+/// Runs `server` on a dedicated thread with its own actix `System`, so that
+/// it can be started from any context (a tokio test, a plain thread).
+///
+/// Stop it with the returned handle, e.g. `handle.stop(true)`; the stop
+/// command is sent even if the returned future is dropped.
+pub fn run_on_thread(server: Server) -> io::Result<ServerHandle> {
+    let handle = server.handle();
+    std::thread::Builder::new()
+        .name("example-actix-web".into())
+        .spawn(move || actix_web::rt::System::new().block_on(server))?;
+    Ok(handle)
+}
+
+/// Waits for a shutdown signal, then stops the server behind `handle`:
+/// on SIGTERM, calls `sticky.drain()`, keeps serving for `grace`, then stops
+/// gracefully; on SIGINT (Ctrl-C), stops at once.
+pub async fn shutdown_on_signals(sticky: Sticky, grace: Duration, handle: ServerHandle) {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            sticky.drain();
+            tokio::time::sleep(grace).await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    let graceful = tokio::select! {
+        () = ctrl_c => false,
+        () = term => true,
+    };
+    handle.stop(graceful).await;
+}

@@ -1,0 +1,178 @@
+//! The sticky contract app, served by poem with [`sticky_poem`].
+//!
+//! - `GET /` answers `machine=<id> handled=<n>`;
+//! - `GET /health` answers `ok` and is never sticky;
+//! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
+//! - `GET /ws` is a WebSocket that echoes each text message as `<id>:<message>`.
+//!
+//! `<id>` is the Machine ID, or `local` when not on Fly; `n` counts the
+//! handler runs of this process (every route but `/health`).
+//!
+//! Tests start it with any engine:
+//!
+//! ```no_run
+//! use sticky_poem::sticky_core::Env;
+//!
+//! # async fn demo() -> std::io::Result<()> {
+//! let sticky = example_poem::configure(Env::machine("148ed599c14189")).expect("valid config");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let addr = listener.local_addr()?;
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(example_poem::serve(listener, sticky, async {
+//!     let _ = stopped.await;
+//! }));
+//! // ... talk to `addr` ...
+//! let _ = stop.send(());
+//! server.await.expect("server task")?;
+//! # Ok(())
+//! # }
+//! ```
+#![forbid(unsafe_code)]
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use poem::listener::TcpAcceptor;
+use poem::web::Data;
+use poem::web::websocket::{Message, WebSocket};
+use poem::{
+    Body, Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post,
+};
+use sticky_poem::sticky_core::{ConfigError, Env, Sticky};
+
+/// The largest upload `/upload` accepts (64 MiB); larger bodies get a 413.
+pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
+
+/// How long a graceful shutdown waits for requests in flight.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The engine the contract asks for: defaults, except that `/health` is
+/// never sticky.
+pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
+    Sticky::builder().exclude(["/health"]).build(env)
+}
+
+/// What the handlers share.
+struct State {
+    machine: String,
+    handled: AtomicU64,
+}
+
+impl State {
+    /// Counts one handler run and returns the new count.
+    fn count(&self) -> u64 {
+        self.handled.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+#[handler]
+fn index(Data(state): Data<&Arc<State>>) -> String {
+    let n = state.count();
+    format!("machine={} handled={n}", state.machine)
+}
+
+#[handler]
+fn health() -> &'static str {
+    "ok"
+}
+
+#[handler]
+async fn upload(Data(state): Data<&Arc<State>>, body: Body) -> poem::Result<String> {
+    state.count();
+    let bytes = body.into_bytes_limit(UPLOAD_LIMIT).await?;
+    Ok(format!("machine={} bytes={}", state.machine, bytes.len()))
+}
+
+#[handler]
+fn ws(Data(state): Data<&Arc<State>>, ws: WebSocket) -> impl IntoResponse {
+    state.count();
+    let machine = state.machine.clone();
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Text(text) => {
+                    let echo = Message::Text(format!("{machine}:{text}"));
+                    if socket.send(echo).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+}
+
+/// The contract app with `sticky` as its middleware (outermost).
+pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
+    let state = Arc::new(State {
+        machine: sticky.machine_id().unwrap_or("local").to_owned(),
+        handled: AtomicU64::new(0),
+    });
+    Route::new()
+        .at("/", get(index))
+        .at("/health", get(health))
+        .at("/upload", post(upload))
+        .at("/ws", get(ws))
+        .data(state)
+        .with(sticky_poem::Sticky::new(sticky))
+}
+
+/// Serves the app on `listener` until `shutdown` completes, then stops
+/// accepting and waits up to [`SHUTDOWN_GRACE`] for requests in flight.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sticky: Sticky,
+    shutdown: impl Future<Output = ()> + Send,
+) -> io::Result<()> {
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app(sticky), shutdown, Some(SHUTDOWN_GRACE))
+        .await
+}
+
+/// Serves the app until a signal: on `SIGTERM` it drains `sticky` (requests
+/// are replayed elsewhere), keeps serving for `drain_for`, then shuts down
+/// gracefully; on `SIGINT` (Ctrl-C) it stops at once.
+pub async fn run(
+    listener: tokio::net::TcpListener,
+    sticky: Sticky,
+    drain_for: Duration,
+) -> io::Result<()> {
+    let sigterm = sigterm()?;
+    let engine = sticky.clone();
+    let drained = async move {
+        sigterm.await;
+        eprintln!("SIGTERM: draining for {}s", drain_for.as_secs_f32());
+        engine.drain();
+        tokio::time::sleep(drain_for).await;
+        eprintln!("shutting down");
+    };
+    tokio::select! {
+        served = serve(listener, sticky, drained) => served,
+        interrupted = tokio::signal::ctrl_c() => {
+            eprintln!("SIGINT: stopping");
+            interrupted
+        }
+    }
+}
+
+/// Resolves on the first `SIGTERM` (never, where there is none).
+#[cfg(unix)]
+fn sigterm() -> io::Result<impl Future<Output = ()> + Send> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        term.recv().await;
+    })
+}
+
+/// Resolves on the first `SIGTERM` (never, where there is none).
+#[cfg(not(unix))]
+fn sigterm() -> io::Result<impl Future<Output = ()> + Send> {
+    Ok(std::future::pending())
+}

@@ -1,0 +1,347 @@
+//! A deliberately raw HTTP/1.1 client: it sends exactly the bytes a scenario
+//! asks for (duplicate headers, odd bytes, spoofed Fly headers), keeps a
+//! cookie jar per simulated client, and opens WebSockets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::{self, Message};
+
+/// How long any one exchange may take before the scenario fails.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A request to send, header by header, byte for byte.
+#[derive(Clone, Debug)]
+pub struct Request {
+    method: &'static str,
+    target: String,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Body,
+}
+
+#[derive(Clone, Debug)]
+enum Body {
+    None,
+    Sized(Vec<u8>),
+    Chunked(Vec<Vec<u8>>),
+}
+
+impl Request {
+    /// A `GET` of `target` (path and query).
+    pub fn get(target: impl Into<String>) -> Self {
+        Self::new("GET", target)
+    }
+
+    /// A request with any method.
+    pub fn new(method: &'static str, target: impl Into<String>) -> Self {
+        Self {
+            method,
+            target: target.into(),
+            headers: Vec::new(),
+            body: Body::None,
+        }
+    }
+
+    /// Adds a header: any bytes, repeated names allowed.
+    pub fn header(mut self, name: &str, value: impl AsRef<[u8]>) -> Self {
+        self.headers
+            .push((name.to_owned(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// Adds `Cookie: fly-machine-id=<value>`.
+    pub fn cookie(self, value: &str) -> Self {
+        self.header(
+            "cookie",
+            format!("{}={value}", sticky_core::DEFAULT_COOKIE_NAME),
+        )
+    }
+
+    /// A body sent with `Content-Length`.
+    pub fn body(mut self, body: Vec<u8>) -> Self {
+        self.body = Body::Sized(body);
+        self
+    }
+
+    /// A body sent with `Transfer-Encoding: chunked`.
+    pub fn chunked(mut self, chunks: Vec<Vec<u8>>) -> Self {
+        self.body = Body::Chunked(chunks);
+        self
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = format!(
+            "{} {} HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n",
+            self.method, self.target
+        )
+        .into_bytes();
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        }
+        match &self.body {
+            Body::None => out.extend_from_slice(b"\r\n"),
+            Body::Sized(body) => {
+                out.extend_from_slice(format!("content-length: {}\r\n\r\n", body.len()).as_bytes());
+                out.extend_from_slice(body);
+            }
+            Body::Chunked(chunks) => {
+                out.extend_from_slice(b"transfer-encoding: chunked\r\n\r\n");
+                for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(chunk);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+        }
+        out
+    }
+}
+
+/// A parsed response.
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header names (lowercase) and values, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// Every value of header `name`.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first value of header `name`.
+    pub fn one(&self, name: &str) -> Option<&str> {
+        self.all(name).into_iter().next()
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The `machine=<id>` a contract app answered with.
+    pub fn machine(&self) -> Option<String> {
+        let text = self.text();
+        let rest = text.strip_prefix("machine=")?;
+        Some(rest.split(' ').next().unwrap_or_default().to_owned())
+    }
+
+    /// The `handled=<n>` of `GET /`.
+    pub fn handled(&self) -> Option<u64> {
+        self.text()
+            .split(' ')
+            .find_map(|p| p.strip_prefix("handled=")?.parse().ok())
+    }
+
+    /// The value our cookie is set to, if this response sets it.
+    pub fn pinned_to(&self) -> Option<String> {
+        self.all("set-cookie").into_iter().find_map(|c| {
+            let pair = c.split(';').next()?;
+            let (name, value) = pair.split_once('=')?;
+            (name.trim() == sticky_core::DEFAULT_COOKIE_NAME).then(|| value.trim().to_owned())
+        })
+    }
+
+    /// A one-line rendering for error messages.
+    pub fn summary(&self) -> String {
+        let heads: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        let text = self.text();
+        let text: String = text.chars().take(120).collect();
+        format!("{} [{}] {text:?}", self.status, heads.join(" | "))
+    }
+}
+
+/// Sends one request on a fresh connection and reads the whole reply.
+pub async fn send(addr: SocketAddr, req: &Request) -> Result<Response, String> {
+    tokio::time::timeout(IO_TIMEOUT, exchange(addr, req))
+        .await
+        .map_err(|_| {
+            format!(
+                "no reply within {IO_TIMEOUT:?} to {} {}",
+                req.method, req.target
+            )
+        })?
+}
+
+async fn exchange(addr: SocketAddr, req: &Request) -> Result<Response, String> {
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .write_all(&req.encode())
+        .await
+        .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    // A server may close early (e.g. after answering an upgrade request
+    // without reading it); what was read is what counts.
+    let _ = stream.read_to_end(&mut raw).await;
+    parse(&raw, req.method == "HEAD")
+}
+
+fn parse(raw: &[u8], head_only: bool) -> Result<Response, String> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| {
+            format!(
+                "no complete response head in {} bytes: {:?}",
+                raw.len(),
+                String::from_utf8_lossy(&raw[..raw.len().min(200)])
+            )
+        })?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[split + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if head_only {
+        Vec::new()
+    } else if chunked {
+        dechunk(rest)?
+    } else {
+        rest.to_vec()
+    };
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or("truncated chunk size")?;
+        let size_text = String::from_utf8_lossy(&raw[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if raw.len() < size + 2 {
+            return Err("truncated chunk".to_owned());
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
+/// One simulated user: a cookie jar for our cookie, as a browser keeps it.
+#[derive(Clone, Debug, Default)]
+pub struct Client {
+    /// The value of our cookie, once pinned.
+    pub cookie: Option<String>,
+}
+
+impl Client {
+    /// Sends `req` with the jar's cookie and stores any new pin.
+    pub async fn send(&mut self, addr: SocketAddr, req: Request) -> Result<Response, String> {
+        let req = match &self.cookie {
+            Some(value) => req.cookie(value),
+            None => req,
+        };
+        let res = send(addr, &req).await?;
+        if let Some(pin) = res.pinned_to() {
+            self.cookie = Some(pin);
+        }
+        Ok(res)
+    }
+}
+
+/// Opens a WebSocket to `path`, sends `text`, and returns the status of the
+/// handshake and the echo (or the HTTP response when the upgrade is refused).
+pub async fn websocket_echo(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    text: &str,
+) -> Result<Result<String, Response>, String> {
+    tokio::time::timeout(IO_TIMEOUT, async {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
+            "ws://{addr}{path}"
+        ))
+        .map_err(|e| format!("ws request: {e}"))?;
+        if let Some(cookie) = cookie {
+            let value = format!("{}={cookie}", sticky_core::DEFAULT_COOKIE_NAME);
+            request.headers_mut().insert(
+                "cookie",
+                value.parse().map_err(|e| format!("cookie header: {e}"))?,
+            );
+        }
+        match tokio_tungstenite::client_async(request, stream).await {
+            Ok((mut ws, _)) => {
+                ws.send(Message::text(text))
+                    .await
+                    .map_err(|e| format!("ws send: {e}"))?;
+                let reply = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) => break t.as_str().to_owned(),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(format!("ws read: {e}")),
+                        None => return Err("ws closed before the echo".to_owned()),
+                    }
+                };
+                let _ = ws.close(None).await;
+                Ok(Ok(reply))
+            }
+            Err(tungstenite::Error::Http(res)) => {
+                let (parts, body) = res.into_parts();
+                Ok(Err(Response {
+                    status: parts.status.as_u16(),
+                    headers: parts
+                        .headers
+                        .iter()
+                        .map(|(n, v)| {
+                            (
+                                n.as_str().to_owned(),
+                                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                            )
+                        })
+                        .collect(),
+                    body: body.unwrap_or_default(),
+                }))
+            }
+            Err(e) => Err(format!("ws handshake: {e}")),
+        }
+    })
+    .await
+    .map_err(|_| format!("websocket {path} timed out"))?
+}

@@ -1,0 +1,214 @@
+//! The conformance suite every sticky adapter passes.
+//!
+//! An adapter implements [`App`] (start the contract app of DESIGN.md with a
+//! given [`Sticky`] on `127.0.0.1:0`) and calls [`run_in_process`] from a
+//! test. Every scenario has a name and a one-line purpose; they run
+//! directly against one Machine (exact statuses, headers, cookie attributes
+//! and whether the handler ran) and through [flysim] with 3 Machines
+//! (stickiness across many requests, WebSocket reconnects, a destroyed,
+//! stopped or draining Machine, uploads over 1 MB), with adversarial inputs
+//! throughout. `cargo xtask conformance` runs the same scenarios against
+//! the examples' release binaries as real processes ([`run_processes`]).
+//!
+//! ```no_run
+//! use std::{future::Future, io, pin::Pin};
+//! use conformance::{App, Instance};
+//! use sticky_core::Sticky;
+//!
+//! struct MyApp;
+//!
+//! impl App for MyApp {
+//!     fn framework(&self) -> &'static str { "my-framework" }
+//!     fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>> {
+//!         Box::pin(async move {
+//!             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//!             let addr = listener.local_addr()?;
+//!             let server = tokio::spawn(async move { /* serve the contract app with `sticky` */ let _ = (listener, sticky); });
+//!             Ok(Instance::new(addr, move || server.abort()))
+//!         })
+//!     }
+//! }
+//!
+//! # async fn test() {
+//! conformance::run_in_process(MyApp).await.assert_passed();
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use flysim::Instance;
+use sticky_core::{ConfigError, Env, Sticky};
+
+pub mod client;
+mod deploy;
+mod scenarios;
+
+pub use scenarios::Kind;
+
+/// An adapter's way to start the contract app.
+pub trait App: Send + Sync + 'static {
+    /// The name shown in the matrix: `axum`, `actix-web`, `warp`, `rocket`, `poem`.
+    fn framework(&self) -> &'static str;
+
+    /// Starts the contract app (the example's app) with this engine on
+    /// `127.0.0.1:0`. The returned [`Instance`]'s stop hook must stop it.
+    fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>>;
+}
+
+/// The engine every example builds: the defaults, with `/health` excluded.
+pub fn contract_sticky(env: Env) -> Result<Sticky, ConfigError> {
+    Sticky::builder().exclude(["/health"]).build(env)
+}
+
+/// A scenario's name, purpose and kind, for listings and the matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScenarioInfo {
+    /// Short kebab-case name.
+    pub name: &'static str,
+    /// What it shows, in one line.
+    pub purpose: &'static str,
+    /// Direct or through flysim.
+    pub kind: Kind,
+}
+
+/// Every scenario, in run order.
+pub fn scenarios() -> Vec<ScenarioInfo> {
+    scenarios::all()
+        .into_iter()
+        .map(|s| ScenarioInfo {
+            name: s.name,
+            purpose: s.purpose,
+            kind: s.kind,
+        })
+        .collect()
+}
+
+/// The outcome of one scenario.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// The scenario.
+    pub scenario: ScenarioInfo,
+    /// `Err(what went wrong)` on failure.
+    pub result: Result<(), String>,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// The outcomes of a run for one framework.
+#[derive(Clone, Debug)]
+pub struct Report {
+    /// The framework's name.
+    pub framework: String,
+    /// One outcome per scenario, in run order.
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    /// The failed outcomes.
+    pub fn failures(&self) -> Vec<&Outcome> {
+        self.outcomes.iter().filter(|o| o.result.is_err()).collect()
+    }
+
+    /// Whether `scenario` passed (`None` if it did not run).
+    pub fn passed(&self, scenario: &str) -> Option<bool> {
+        self.outcomes
+            .iter()
+            .find(|o| o.scenario.name == scenario)
+            .map(|o| o.result.is_ok())
+    }
+
+    /// Panics with every failure, if any.
+    #[track_caller]
+    pub fn assert_passed(&self) {
+        let failures = self.failures();
+        assert!(
+            failures.is_empty(),
+            "{} of {} conformance scenarios failed for {}:\n{}",
+            failures.len(),
+            self.outcomes.len(),
+            self.framework,
+            failures
+                .iter()
+                .map(|o| format!(
+                    "- {} ({}): {}",
+                    o.scenario.name,
+                    o.scenario.purpose,
+                    o.result.as_ref().err().map_or("", String::as_str)
+                ))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "conformance: {}", self.framework)?;
+        for o in &self.outcomes {
+            let mark = if o.result.is_ok() { "pass" } else { "FAIL" };
+            writeln!(
+                f,
+                "  {mark}  {:<40} {:>6} ms",
+                o.scenario.name,
+                o.elapsed.as_millis()
+            )?;
+            if let Err(e) = &o.result {
+                writeln!(f, "        {e}")?;
+            }
+        }
+        let failed = self.failures().len();
+        writeln!(
+            f,
+            "{} passed, {} failed",
+            self.outcomes.len() - failed,
+            failed
+        )
+    }
+}
+
+/// Longest time one scenario may take.
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Runs every scenario against in-process instances started by `app`.
+/// Needs a multi-threaded tokio runtime.
+pub async fn run_in_process<A: App>(app: A) -> Report {
+    let framework = app.framework().to_owned();
+    run(framework, Arc::new(deploy::InProcess(Arc::new(app)))).await
+}
+
+/// Runs every scenario against `binary` (an example app honouring the
+/// contract) started as one child process per Machine.
+pub async fn run_processes(framework: &str, binary: PathBuf) -> Report {
+    run(framework.to_owned(), Arc::new(deploy::Process { binary })).await
+}
+
+async fn run(framework: String, deploy: Arc<dyn deploy::Deploy>) -> Report {
+    let ctx = scenarios::Env0 { deploy };
+    let mut outcomes = Vec::new();
+    for s in scenarios::all() {
+        let started = Instant::now();
+        let result = match tokio::time::timeout(SCENARIO_TIMEOUT, (s.run)(&ctx)).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("timed out after {SCENARIO_TIMEOUT:?}")),
+        };
+        outcomes.push(Outcome {
+            scenario: ScenarioInfo {
+                name: s.name,
+                purpose: s.purpose,
+                kind: s.kind,
+            },
+            result,
+            elapsed: started.elapsed(),
+        });
+    }
+    Report {
+        framework,
+        outcomes,
+    }
+}

@@ -1,0 +1,365 @@
+//! Machines: their environment, their running instances and how they are launched.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+/// The environment Fly gives a Machine (the part flysim simulates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineEnv {
+    /// `FLY_MACHINE_ID` (and `FLY_ALLOC_ID`): 14 lowercase hex characters.
+    pub machine_id: String,
+    /// `FLY_APP_NAME`.
+    pub app_name: String,
+    /// `FLY_REGION` (and `PRIMARY_REGION`).
+    pub region: String,
+    /// `PORT`: the port to listen on. `0` for in-process launches: bind
+    /// `127.0.0.1:0` and report the address in the returned [`Instance`].
+    pub port: u16,
+}
+
+impl MachineEnv {
+    /// The environment variables of this Machine: `FLY_MACHINE_ID`, `FLY_ALLOC_ID`,
+    /// `FLY_APP_NAME`, `FLY_REGION`, `PRIMARY_REGION` and `PORT`.
+    pub fn vars(&self) -> Vec<(String, String)> {
+        vec![
+            ("FLY_MACHINE_ID".to_owned(), self.machine_id.clone()),
+            ("FLY_ALLOC_ID".to_owned(), self.machine_id.clone()),
+            ("FLY_APP_NAME".to_owned(), self.app_name.clone()),
+            ("FLY_REGION".to_owned(), self.region.clone()),
+            ("PRIMARY_REGION".to_owned(), self.region.clone()),
+            ("PORT".to_owned(), self.port.to_string()),
+        ]
+    }
+}
+
+/// The lifecycle state of a Machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineState {
+    /// Running and picked by the load balancer.
+    Started,
+    /// Not running; started again by a request routed to it (autostart).
+    Stopped,
+    /// Gone for good: its ID is unknown to routing.
+    Destroyed,
+}
+
+impl MachineState {
+    /// Lowercase name (`started`, `stopped`, `destroyed`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Started => "started",
+            MachineState::Stopped => "stopped",
+            MachineState::Destroyed => "destroyed",
+        }
+    }
+}
+
+impl fmt::Display for MachineState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A snapshot of one Machine and its counters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineInfo {
+    /// Machine ID.
+    pub id: String,
+    /// Lifecycle state.
+    pub state: MachineState,
+    /// Address of the running instance (`None` unless started).
+    pub addr: Option<SocketAddr>,
+    /// Final responses produced by this Machine (replay responses not included).
+    pub served: u64,
+    /// Responses from this Machine that carried a replay instruction (valid or not).
+    pub replays_sent: u64,
+    /// Requests delivered to this Machine because of a replay.
+    pub replays_received: u64,
+    /// Fallback requests (after a failed replay) delivered to this Machine.
+    pub fallbacks_received: u64,
+    /// How many times this Machine has been started (initial start included).
+    pub starts: u64,
+}
+
+enum Stopper {
+    Hook(Box<dyn FnOnce() + Send>),
+    Child {
+        kill: oneshot::Sender<()>,
+        done: oneshot::Receiver<()>,
+    },
+}
+
+/// A running app instance: one Machine's process or in-process server.
+pub struct Instance {
+    addr: SocketAddr,
+    stopper: Option<Stopper>,
+}
+
+impl Instance {
+    /// An instance listening on `addr`; `stop` is called once when the Machine is
+    /// stopped or destroyed (or the simulator shuts down) and should stop serving.
+    pub fn new(addr: SocketAddr, stop: impl FnOnce() + Send + 'static) -> Self {
+        Instance {
+            addr,
+            stopper: Some(Stopper::Hook(Box::new(stop))),
+        }
+    }
+
+    /// The address the instance listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the instance and waits for a child process to be gone.
+    pub(crate) async fn stop(mut self) {
+        match self.stopper.take() {
+            Some(Stopper::Hook(f)) => f(),
+            Some(Stopper::Child { kill, done }) => {
+                let _ = kill.send(());
+                let _ = done.await;
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        match self.stopper.take() {
+            Some(Stopper::Hook(f)) => f(),
+            Some(Stopper::Child { kill, .. }) => {
+                let _ = kill.send(());
+            }
+            None => {}
+        }
+    }
+}
+
+impl fmt::Debug for Instance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Instance")
+            .field("addr", &self.addr)
+            .finish()
+    }
+}
+
+/// The boxed future an in-process launcher returns.
+pub type LaunchFuture = Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>>;
+
+/// An in-process launcher.
+pub type LaunchFn = Arc<dyn Fn(MachineEnv) -> LaunchFuture + Send + Sync>;
+
+/// How Machines are started.
+#[derive(Clone)]
+pub enum Launch {
+    /// Child processes: `program` with `args`; the environment gets
+    /// [`MachineEnv::vars`]. flysim picks a free loopback port for `PORT` and waits
+    /// until `127.0.0.1:PORT` accepts TCP connections.
+    Command {
+        /// Program to run.
+        program: String,
+        /// Its arguments.
+        args: Vec<String>,
+    },
+    /// In-process: the closure gets the [`MachineEnv`] (with `port = 0`: bind
+    /// `127.0.0.1:0` yourself) and returns the running [`Instance`].
+    InProcess(LaunchFn),
+}
+
+impl Launch {
+    /// An in-process launcher from an async closure.
+    pub fn in_process<F, Fut>(f: F) -> Self
+    where
+        F: Fn(MachineEnv) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = io::Result<Instance>> + Send + 'static,
+    {
+        Launch::InProcess(Arc::new(move |env| Box::pin(f(env)) as LaunchFuture))
+    }
+
+    /// A child-process launcher.
+    pub fn command(
+        program: impl Into<String>,
+        args: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        Launch::Command {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+        }
+    }
+}
+
+impl fmt::Debug for Launch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Launch::Command { program, args } => f
+                .debug_struct("Command")
+                .field("program", program)
+                .field("args", args)
+                .finish(),
+            Launch::InProcess(_) => f.write_str("InProcess(..)"),
+        }
+    }
+}
+
+/// What happens to the stdout/stderr of child processes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChildOutput {
+    /// Each line is passed through prefixed with `[<machine id>] `.
+    #[default]
+    Prefixed,
+    /// The children share flysim's stdout/stderr.
+    Inherit,
+    /// Discarded.
+    Null,
+}
+
+/// A new random Machine ID (14 lowercase hex characters) not in `taken`.
+pub(crate) fn new_machine_id(taken: &[String]) -> String {
+    let mut rng = rand::rng();
+    loop {
+        let n: u64 = rng.random::<u64>() & ((1u64 << 56) - 1);
+        let id = format!("{n:014x}");
+        if !taken.contains(&id) {
+            return id;
+        }
+    }
+}
+
+/// Called by a child supervisor when the child exited on its own.
+pub(crate) type ExitCallback = Box<dyn FnOnce(String) + Send>;
+
+/// Starts `program` as a Machine and waits until it accepts connections.
+pub(crate) async fn spawn_command(
+    program: &str,
+    args: &[String],
+    mut env: MachineEnv,
+    output: ChildOutput,
+    ready_timeout: Duration,
+    on_exit: ExitCallback,
+) -> io::Result<Instance> {
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").await?;
+        l.local_addr()?.port()
+    };
+    env.port = port;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .envs(env.vars())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    match output {
+        ChildOutput::Prefixed => {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        ChildOutput::Inherit => {
+            cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
+        }
+        ChildOutput::Null => {
+            cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        }
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot start {program:?}: {e}")))?;
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(prefix_lines(
+            out,
+            tokio::io::stdout(),
+            env.machine_id.clone(),
+        ));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(prefix_lines(
+            err,
+            tokio::io::stderr(),
+            env.machine_id.clone(),
+        ));
+    }
+
+    let (kill_tx, kill_rx) = oneshot::channel::<()>();
+    let (done_tx, done_rx) = oneshot::channel::<()>();
+    let (exit_tx, mut exit_rx) = oneshot::channel::<String>();
+    tokio::spawn(async move {
+        tokio::select! {
+            status = child.wait() => {
+                let text = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                // During start-up the waiter below reports the exit; afterwards the
+                // simulator is told.
+                if let Err(text) = exit_tx.send(text) {
+                    on_exit(text);
+                }
+            }
+            _ = kill_rx => {
+                let _ = child.kill().await;
+            }
+        }
+        let _ = done_tx.send(());
+    });
+    let instance = Instance {
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        stopper: Some(Stopper::Child {
+            kill: kill_tx,
+            done: done_rx,
+        }),
+    };
+
+    let deadline = tokio::time::Instant::now() + ready_timeout;
+    loop {
+        if let Ok(status) = exit_rx.try_recv() {
+            return Err(io::Error::other(format!(
+                "{program:?} exited before accepting connections on port {port} ({status})"
+            )));
+        }
+        if TcpStream::connect(instance.addr).await.is_ok() {
+            // From now on an exit is reported through `on_exit`.
+            exit_rx.close();
+            if let Ok(status) = exit_rx.try_recv() {
+                return Err(io::Error::other(format!(
+                    "{program:?} exited right after start-up ({status})"
+                )));
+            }
+            return Ok(instance);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            instance.stop().await;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "{program:?} did not accept connections on port {port} within {ready_timeout:?}"
+                ),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn prefix_lines<R, W>(reader: R, mut writer: W, id: String)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut lines = BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let text = format!("[{id}] {line}\n");
+        if writer.write_all(text.as_bytes()).await.is_err() {
+            break;
+        }
+        let _ = writer.flush().await;
+    }
+}

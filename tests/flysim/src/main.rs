@@ -1,0 +1,175 @@
+//! `flysim`: run a command as N simulated Fly Machines behind a local Fly proxy.
+//!
+//! ```text
+//! flysim --machines 3 --port 8080 -- ./target/debug/my-app --some-flag
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use flysim::{Balance, ChildOutput, Config, FlySim, Launch};
+
+/// Run a command as N simulated Fly.io Machines behind a local imitation of Fly's
+/// HTTP proxy (fly-replay, autostart, per-Machine counts).
+#[derive(Debug, Parser)]
+#[command(name = "flysim", version)]
+struct Args {
+    /// Number of Machines to start.
+    #[arg(long, default_value_t = 3)]
+    machines: usize,
+    /// Front (proxy) port; 0 picks a free one.
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Address the front port listens on (the admin port is always on 127.0.0.1).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: IpAddr,
+    /// Region of every Machine (FLY_REGION) and of the edge (Fly-Region).
+    #[arg(long, default_value = "iad")]
+    region: String,
+    /// App name (FLY_APP_NAME).
+    #[arg(long, default_value = "flysim-app")]
+    app: String,
+    /// Load-balancing strategy.
+    #[arg(long, value_enum, default_value_t = BalanceArg::RoundRobin)]
+    balance: BalanceArg,
+    /// Admin interface port; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    admin_port: u16,
+    /// Disable the admin interface.
+    #[arg(long)]
+    no_admin: bool,
+    /// Delay before an autostarted Machine is launched, in milliseconds (Fly: ~1300).
+    #[arg(long, default_value_t = 0)]
+    cold_start_ms: u64,
+    /// How long a strict replay to a destroyed Machine takes to fail, in milliseconds.
+    #[arg(long, default_value_t = 7500)]
+    dead_target_delay_ms: u64,
+    /// How long each child may take to accept connections, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    ready_timeout_ms: u64,
+    /// X-Forwarded-Proto sent to the Machines.
+    #[arg(long, default_value = "https")]
+    forwarded_proto: String,
+    /// What to do with the children's stdout/stderr.
+    #[arg(long, value_enum, default_value_t = OutputArg::Prefixed)]
+    child_output: OutputArg,
+    /// Log one line per request.
+    #[arg(long)]
+    log_requests: bool,
+    /// The command to run for every Machine (after `--`).
+    #[arg(last = true, required = true, num_args = 1..)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BalanceArg {
+    RoundRobin,
+    Random,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OutputArg {
+    Prefixed,
+    Inherit,
+    Null,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("flysim=info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false)
+        .init();
+
+    let config = Config {
+        machines: args.machines,
+        front_addr: SocketAddr::new(args.host, args.port),
+        admin_addr: (!args.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], args.admin_port))),
+        app_name: args.app.clone(),
+        region: args.region.clone(),
+        balance: match args.balance {
+            BalanceArg::RoundRobin => Balance::RoundRobin,
+            BalanceArg::Random => Balance::Random,
+        },
+        forwarded_proto: args.forwarded_proto.clone(),
+        cold_start: Duration::from_millis(args.cold_start_ms),
+        dead_target_delay: Duration::from_millis(args.dead_target_delay_ms),
+        ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+        // Errors are reported through tracing below.
+        quiet: true,
+        log_requests: args.log_requests,
+        child_output: match args.child_output {
+            OutputArg::Prefixed => ChildOutput::Prefixed,
+            OutputArg::Inherit => ChildOutput::Inherit,
+            OutputArg::Null => ChildOutput::Null,
+        },
+        ..Config::default()
+    };
+    let (program, rest) = args.command.split_first().expect("clap requires a command");
+    let launch = Launch::command(program.clone(), rest.to_vec());
+
+    let sim = match FlySim::start(config, launch).await {
+        Ok(sim) => sim,
+        Err(e) => {
+            eprintln!("flysim: could not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "flysim: app {} in region {}, {} Machines",
+        args.app,
+        args.region,
+        sim.machines().len()
+    );
+    for m in sim.machines() {
+        if let Some(addr) = m.addr {
+            println!("flysim: Machine {} at {addr}", m.id);
+        }
+    }
+    println!("flysim: front {}", sim.url());
+    if let Some(admin) = sim.admin_addr() {
+        println!("flysim: admin http://{admin}");
+    }
+
+    let code = tokio::select! {
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("flysim: interrupted, stopping");
+            ExitCode::SUCCESS
+        }
+        _ = sigterm() => {
+            eprintln!("flysim: terminated, stopping");
+            ExitCode::SUCCESS
+        }
+        _ = sim.all_exited() => {
+            eprintln!("flysim: every Machine's process exited, stopping");
+            ExitCode::FAILURE
+        }
+    };
+    let report = sim.report();
+    sim.shutdown().await;
+    print!("{report}");
+    code
+}
+
+#[cfg(unix)]
+async fn sigterm() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn sigterm() {
+    std::future::pending().await
+}

@@ -1,0 +1,128 @@
+//! The admin HTTP interface.
+
+mod common;
+
+use bytes::Bytes;
+use common::{App, config, full_body, get, send, start};
+use serde_json::Value;
+
+async fn admin(sim: &flysim::FlySim, method: &str, path: &str) -> (u16, Value) {
+    let url = format!("http://{}{path}", sim.admin_addr().unwrap());
+    let req = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .body(full_body(Bytes::new()))
+        .unwrap();
+    let resp = send(req).await;
+    let value = serde_json::from_slice(&resp.body).unwrap_or(Value::String(resp.text()));
+    (resp.status.as_u16(), value)
+}
+
+#[tokio::test]
+async fn admin_lists_and_controls_machines() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    let ids = sim.machine_ids();
+    assert_ne!(sim.admin_addr().unwrap(), sim.front_addr());
+    get(&sim.url()).await;
+
+    let (status, list) = admin(&sim, "GET", "/machines").await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    for (entry, id) in list.iter().zip(&ids) {
+        assert_eq!(entry["id"], id.as_str());
+        assert_eq!(entry["state"], "started");
+        for key in ["served", "replays_sent", "replays_received", "addr"] {
+            assert!(entry.get(key).is_some(), "{key} in {entry}");
+        }
+    }
+    assert_eq!(list[0]["served"], 1);
+
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/stop", ids[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["state"], "stopped");
+    assert_eq!(
+        sim.machine(&ids[0]).unwrap().state,
+        flysim::MachineState::Stopped
+    );
+
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/start", ids[0])).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["state"], "started");
+
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/destroy", ids[1])).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["state"], "destroyed");
+    let (status, _) = admin(&sim, "POST", &format!("/machines/{}/start", ids[1])).await;
+    assert_eq!(status, 409);
+
+    let (status, added) = admin(&sim, "POST", "/machines").await;
+    assert_eq!(status, 200);
+    let new_id = added["id"].as_str().unwrap().to_owned();
+    assert_eq!(new_id.len(), 14);
+    assert_eq!(sim.machine_ids().len(), 4);
+    let (status, m) = admin(&sim, "GET", &format!("/machines/{new_id}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(m["state"], "started");
+
+    let (status, _) = admin(&sim, "POST", "/machines/0123456789abcd/stop").await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&sim, "POST", &format!("/machines/{}/reboot", ids[0])).await;
+    assert_eq!(status, 404);
+    let (status, _) = admin(&sim, "DELETE", "/machines").await;
+    assert_eq!(status, 405);
+    let (status, _) = admin(&sim, "GET", "/nope").await;
+    assert_eq!(status, 404);
+
+    let (status, events) = admin(&sim, "GET", "/events").await;
+    assert_eq!(status, 200);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "lifecycle")
+    );
+    let (status, report) = admin(&sim, "GET", "/report").await;
+    assert_eq!(status, 200);
+    let report = report.as_str().unwrap();
+    assert!(report.contains("replays received"));
+    assert!(report.contains(&new_id));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_admin_interface_can_be_disabled() {
+    let app = App::echo();
+    let sim = start(config().admin_addr(None), &app).await;
+    assert!(sim.admin_addr().is_none());
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn report_lists_every_machine_with_counters() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    for _ in 0..3 {
+        get(&sim.url()).await;
+    }
+    let report = sim.report();
+    let lines: Vec<&str> = report.lines().collect();
+    assert_eq!(lines.len(), 5, "{report}");
+    for col in [
+        "machine",
+        "state",
+        "served",
+        "replays sent",
+        "replays received",
+    ] {
+        assert!(lines[0].contains(col), "{report}");
+    }
+    for (line, id) in lines[1..4].iter().zip(sim.machine_ids()) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols, [id.as_str(), "started", "1", "0", "0"], "{report}");
+    }
+    assert!(lines[4].starts_with("total"));
+    sim.shutdown().await;
+}
