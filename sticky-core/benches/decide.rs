@@ -82,6 +82,20 @@ fn bench(c: &mut Criterion) {
             .to_owned()
     };
 
+    let peers: Vec<String> = (0..20u64)
+        .map(|i| format!("{:014x}", 0x9080_1679_a100 + i))
+        .collect();
+    let keyed = Sticky::builder()
+        .sources([sticky_core::Source::Key, sticky_core::Source::Cookie])
+        .key_source(sticky_core::KeySource::Header("x-tenant-id".into()))
+        .peers(peers.iter().map(|p| sticky_core::Peer::new(p.clone())))
+        .build(Env::machine(S))
+        .unwrap();
+    let tenant = http::Request::get("/api/tenant")
+        .header("x-tenant-id", "acme-corp")
+        .body(())
+        .unwrap();
+
     let here = request(Some(S));
     let elsewhere = request(Some(T));
     let first = request(None);
@@ -106,6 +120,9 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("replay/baseline", |b| {
         b.iter(|| baseline(black_box(&elsewhere), S))
+    });
+    g.bench_function("key/20-machines", |b| {
+        b.iter(|| keyed.decide(black_box(&tenant)))
     });
     g.bench_function("stick/signed", |b| {
         b.iter(|| signed.decide_at(black_box(&signed_here), 1_001))

@@ -5,6 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::keys::{KeySource, Peer};
 use crate::target::{Source, TargetFormat};
 use crate::view::RequestView;
 
@@ -65,7 +66,7 @@ pub enum ConfigError {
     /// `header_source` is not an HTTP header name.
     #[error("header_source {0:?} is not a valid header name")]
     InvalidHeaderName(String),
-    /// `sources` is empty, repeats a source, or names the header source without a header.
+    /// `sources` is empty, repeats a source, or names the header or key source without configuring it.
     #[error("sources: {0}")]
     InvalidSources(&'static str),
     /// `replay_status` is 101 or outside 200..=599.
@@ -94,6 +95,11 @@ pub enum ConfigError {
         /// The parser's complaint.
         source: globset::Error,
     },
+    /// A key source names an invalid header, query parameter or cookie.
+    #[error(
+        "key_source {0:?}: the name must be an HTTP token (a query parameter: no '&', '=', '#', '%', '+' or whitespace)"
+    )]
+    InvalidKeySource(String),
     /// A method in `skip_methods` is not an HTTP token.
     #[error("skip_methods entry {0:?} is not an HTTP method")]
     InvalidMethod(String),
@@ -350,6 +356,9 @@ pub struct Builder {
     pub(crate) max_lifetime: Option<Duration>,
     pub(crate) idle_timeout: Option<Duration>,
     pub(crate) refresh: Option<Refresh>,
+    pub(crate) key_sources: Vec<KeySource>,
+    pub(crate) prefer_region: bool,
+    pub(crate) peers: Vec<Peer>,
 }
 
 impl Default for Builder {
@@ -382,6 +391,9 @@ impl Default for Builder {
             max_lifetime: None,
             idle_timeout: None,
             refresh: None,
+            key_sources: Vec::new(),
+            prefer_region: false,
+            peers: Vec::new(),
         }
     }
 }
@@ -470,6 +482,46 @@ impl Builder {
         if !self.sources.contains(&Source::Header) {
             self.sources.push(Source::Header);
         }
+        self
+    }
+
+    /// Pins requests by a key hashed onto the live Machines (rendezvous
+    /// hashing). Several key sources are tried in the order added; the key
+    /// source is appended to the [`sources`](Self::sources) unless they
+    /// already name [`Source::Key`]. The live set comes from
+    /// [`peers`](Self::peers) and [`Sticky::set_peers`](crate::Sticky::set_peers).
+    ///
+    /// ```
+    /// use sticky_core::{Env, KeySource, Peer, Source, Sticky};
+    ///
+    /// let sticky = Sticky::builder()
+    ///     .sources([Source::Key, Source::Cookie, Source::Query])
+    ///     .key_source(KeySource::Header("x-tenant-id".into()))
+    ///     .peers(["148ed599c14189", "90801679a10038"].map(Peer::new))
+    ///     .build(Env::machine("148ed599c14189"))?;
+    /// let req = http::Request::get("/api/tenant").header("x-tenant-id", "acme").body(()).unwrap();
+    /// assert_eq!(sticky.decide(&req).reason().row(), if sticky.resolve(b"acme").as_deref() == Some("148ed599c14189") { 4 } else { 7 });
+    /// # Ok::<(), sticky_core::ConfigError>(())
+    /// ```
+    pub fn key_source(mut self, source: KeySource) -> Self {
+        self.key_sources.push(source);
+        if !self.sources.contains(&Source::Key) {
+            self.sources.push(Source::Key);
+        }
+        self
+    }
+
+    /// Keys prefer Machines in this Machine's region (`FLY_REGION`) when
+    /// the live set has any there (default off).
+    pub fn prefer_region(mut self, on: bool) -> Self {
+        self.prefer_region = on;
+        self
+    }
+
+    /// The initial live set for key affinity (a static list); a provider
+    /// can replace it later with [`Sticky::set_peers`](crate::Sticky::set_peers).
+    pub fn peers(mut self, peers: impl IntoIterator<Item = Peer>) -> Self {
+        self.peers = peers.into_iter().collect();
         self
     }
 

@@ -1,8 +1,8 @@
 //! The engine: built once, then `decide` per request.
 
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
@@ -15,6 +15,7 @@ use crate::decision::{
     BodyProblem, Decision, Marker, Reason, Rejected, SetCookie, ShortCircuit, Text,
 };
 use crate::env::Env;
+use crate::keys::{self, CompiledKey, KeySource, Peer, PeerSet};
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
 use crate::target::{self, CookieScanner, Source, TargetFormat};
@@ -82,6 +83,12 @@ struct Inner {
     refresh: Refresh,
     #[cfg(feature = "signed")]
     signer: Option<Signer>,
+    keys: Vec<CompiledKey>,
+    peers: RwLock<Arc<PeerSet>>,
+    /// This Machine's region, when keys prefer it.
+    key_region: Option<String>,
+    /// Whether the cookie is a source: only then is a client pinned by cookie.
+    pins_cookie: bool,
 }
 
 struct CookieAttrs {
@@ -123,9 +130,31 @@ enum Found<'a> {
     Target(Target<'a>),
 }
 
+/// A target ID: borrowed from the request, or copied from the live set.
+#[derive(Clone, Copy)]
+enum Id<'a> {
+    Request(&'a [u8]),
+    Peer([u8; target::MAX_TARGET_LEN], u8),
+}
+
+impl Id<'_> {
+    fn peer(id: &str) -> Option<Self> {
+        let mut buf = [0; target::MAX_TARGET_LEN];
+        buf.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
+        Some(Id::Peer(buf, u8::try_from(id.len()).ok()?))
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Id::Request(b) => b,
+            Id::Peer(buf, len) => &buf[..usize::from(*len)],
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Target<'a> {
-    id: &'a [u8],
+    id: Id<'a>,
     source: Source,
     /// `(issued, seen)` of a signed cookie.
     stamps: Option<(u64, u64)>,
@@ -214,7 +243,7 @@ impl Sticky {
         let found = self.find_target(req, me, now);
 
         let target = match found {
-            Found::Target(t) if t.id == me.as_bytes() => {
+            Found::Target(t) if t.id.bytes() == me.as_bytes() => {
                 if !draining {
                     // Row 4.
                     return self.pinned_here(req, t, now);
@@ -228,14 +257,19 @@ impl Sticky {
                     Found::Refused(source, why) => Reason::InvalidTarget(source, why),
                     _ => Reason::NoTarget,
                 };
-                return Decision::SetCookie(self.pin_here(req, now, None), reason);
+                // Without a cookie source (keys only) there is nothing to pin.
+                return if inner.pins_cookie {
+                    Decision::SetCookie(self.pin_here(req, now, None), reason)
+                } else {
+                    Decision::Stick(reason)
+                };
             }
             Found::Nothing | Found::Refused(..) => None,
         };
 
         // From here the request is either pinned elsewhere or this Machine
         // is draining: both want a replay, unless the request cannot move.
-        let elsewhere = target.filter(|t| t.id != me.as_bytes());
+        let elsewhere = target.filter(|t| t.id.bytes() != me.as_bytes());
         if let Some(marker) = replay_marker(req) {
             // Row 5: never replay a request twice.
             return match (elsewhere, draining) {
@@ -243,6 +277,10 @@ impl Sticky {
                 (Some(t), false) => {
                     let reason = Reason::AlreadyReplayed(t.source, marker);
                     match inner.unavailable {
+                        // A key keeps naming its Machine: serve, pin nothing.
+                        Unavailable::Repin if t.source == Source::Key || !inner.pins_cookie => {
+                            Decision::Stick(reason)
+                        }
                         Unavailable::Repin => {
                             Decision::SetCookie(self.pin_here(req, now, None), reason)
                         }
@@ -270,7 +308,10 @@ impl Sticky {
         }
         match elsewhere {
             // Row 7.
-            Some(t) => Decision::Replay(self.replay_to(t.id), Reason::PinnedElsewhere(t.source)),
+            Some(t) => Decision::Replay(
+                self.replay_to(t.id.bytes()),
+                Reason::PinnedElsewhere(t.source),
+            ),
             // Row 8.
             None => Decision::Replay(
                 ShortCircuit {
@@ -330,7 +371,7 @@ impl Sticky {
             let mut consider = |raw: &'a [u8]| -> bool {
                 match self.check(source, raw, now) {
                     Ok(t) => {
-                        let mine = t.id == me.as_bytes();
+                        let mine = t.id.bytes() == me.as_bytes();
                         if best.is_none() || mine {
                             best = Some(t);
                         }
@@ -359,6 +400,11 @@ impl Sticky {
                         target::scan_query(query, &self.inner.query_param, &mut consider);
                     }
                 }
+                Source::Key => {
+                    if let Some(t) = self.key_target(req) {
+                        return Found::Target(t);
+                    }
+                }
                 Source::Header => {
                     if let Some(name) = &self.inner.header_source {
                         req.header_values(name, &mut |v| {
@@ -381,6 +427,65 @@ impl Sticky {
         }
     }
 
+    /// The Machine a request's key maps to, from the first key source that
+    /// yields a key, when the live set is not empty.
+    fn key_target<V: RequestView>(&self, req: &V) -> Option<Target<'static>> {
+        let inner = &*self.inner;
+        if inner.keys.is_empty() {
+            return None;
+        }
+        let peers = self.peers();
+        if peers.is_empty() {
+            return None;
+        }
+        let region = inner.key_region.as_deref();
+        let mut id = None;
+        for source in &inner.keys {
+            if keys::key_of(source, req, &mut |key| {
+                id = peers.pick(key, region).and_then(|p| Id::peer(p.id()));
+                id.is_some()
+            }) {
+                break;
+            }
+        }
+        id.map(|id| Target {
+            id,
+            source: Source::Key,
+            stamps: None,
+        })
+    }
+
+    /// Replaces the live Machines used by key affinity. IDs that fail the
+    /// target format are dropped (a provider's data is not trusted blindly);
+    /// returns how many Machines were kept. Callable from any thread.
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = Peer>) -> usize {
+        let format = &self.inner.format;
+        let set = PeerSet::new(peers.into_iter().filter(|p| format.accepts(p.id())));
+        let kept = set.len();
+        *self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        kept
+    }
+
+    /// The live Machines used by key affinity.
+    pub fn peers(&self) -> Arc<PeerSet> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The Machine a key maps to now, as `decide` would resolve it.
+    pub fn resolve(&self, key: &[u8]) -> Option<String> {
+        self.peers()
+            .pick(key, self.inner.key_region.as_deref())
+            .map(|p| p.id().to_owned())
+    }
+
     /// Validates one raw value from `source`.
     #[inline]
     fn check<'a>(&self, source: Source, raw: &'a [u8], now: u64) -> Result<Target<'a>, Rejected> {
@@ -389,7 +494,7 @@ impl Sticky {
             let v = signer.verify(raw, now)?;
             return if self.inner.format.accepts_bytes(v.id) {
                 Ok(Target {
-                    id: v.id,
+                    id: Id::Request(v.id),
                     source,
                     stamps: Some((v.issued, v.seen)),
                 })
@@ -400,7 +505,7 @@ impl Sticky {
         let _ = now;
         if self.inner.format.accepts_bytes(raw) {
             Ok(Target {
-                id: raw,
+                id: Id::Request(raw),
                 source,
                 stamps: None,
             })
@@ -563,6 +668,14 @@ fn glob_set(setting: &'static str, patterns: &[String]) -> Result<Option<GlobSet
         })
 }
 
+/// A query parameter name we can match raw.
+fn is_query_name(q: &str) -> bool {
+    !q.is_empty()
+        && q.len() <= 64
+        && q.bytes()
+            .all(|b| (0x21..=0x7e).contains(&b) && !matches!(b, b'&' | b'=' | b'#' | b'%' | b'+'))
+}
+
 fn secs(d: Duration) -> u64 {
     d.as_secs()
 }
@@ -615,12 +728,7 @@ impl Builder {
             return Err(ConfigError::SameSiteNoneWithoutSecure);
         }
         let q = &self.query_param;
-        if q.is_empty()
-            || q.len() > 64
-            || q.bytes().any(|b| {
-                matches!(b, b'&' | b'=' | b'#' | b'%' | b'+') || !(0x21..=0x7e).contains(&b)
-            })
-        {
+        if !is_query_name(q) {
             return Err(ConfigError::InvalidQueryParam(q.clone()));
         }
         let header_source = match &self.header_source {
@@ -639,6 +747,28 @@ impl Builder {
             if self.sources[..i].contains(s) {
                 return Err(ConfigError::InvalidSources("a source is listed twice"));
             }
+        }
+        if self.sources.contains(&Source::Key) && self.key_sources.is_empty() {
+            return Err(ConfigError::InvalidSources(
+                "the key source needs key_source(..)",
+            ));
+        }
+        let mut keys = Vec::with_capacity(self.key_sources.len());
+        for source in &self.key_sources {
+            keys.push(match source {
+                KeySource::Header(h) if target::is_token(h) => {
+                    CompiledKey::Header(h.to_ascii_lowercase())
+                }
+                KeySource::Query(q) if is_query_name(q) => CompiledKey::Query(q.clone()),
+                KeySource::Cookie(c) if target::is_token(c) => {
+                    CompiledKey::Cookie(Box::new(CookieScanner::new(c)))
+                }
+                KeySource::ClientIp => CompiledKey::ClientIp,
+                KeySource::Custom(f) => CompiledKey::Custom(f.clone()),
+                KeySource::Header(name) | KeySource::Query(name) | KeySource::Cookie(name) => {
+                    return Err(ConfigError::InvalidKeySource(name.clone()));
+                }
+            });
         }
         if self.sources.contains(&Source::Header) && header_source.is_none() {
             return Err(ConfigError::InvalidSources(
@@ -689,7 +819,8 @@ impl Builder {
             (None, Some(idle)) => Refresh::After(idle / 2),
             (None, None) => Refresh::Never,
         };
-        let me = match env.machine_id {
+        let pins_cookie = self.sources.contains(&Source::Cookie);
+        let me = match env.machine_id.clone() {
             Some(id) if !self.target_format.accepts(&id) => {
                 return Err(ConfigError::InvalidMachineId(id));
             }
@@ -725,7 +856,8 @@ impl Builder {
             drain_replay.push_str(";state=");
             drain_replay.push_str(state);
         }
-        Ok(Sticky {
+        let initial_peers = self.peers;
+        let sticky = Sticky {
             inner: Arc::new(Inner {
                 me,
                 draining: AtomicBool::new(false),
@@ -752,7 +884,17 @@ impl Builder {
                 refresh,
                 #[cfg(feature = "signed")]
                 signer,
+                keys,
+                peers: RwLock::default(),
+                key_region: if self.prefer_region {
+                    env.region.clone()
+                } else {
+                    None
+                },
+                pins_cookie,
             }),
-        })
+        };
+        sticky.set_peers(initial_peers);
+        Ok(sticky)
     }
 }

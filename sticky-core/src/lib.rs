@@ -73,6 +73,7 @@ mod config;
 mod decision;
 mod engine;
 mod env;
+mod keys;
 #[cfg(feature = "signed")]
 mod signed;
 mod target;
@@ -85,6 +86,7 @@ pub use config::{
 pub use decision::{BodyProblem, Decision, Marker, Reason, Rejected, SetCookie, ShortCircuit};
 pub use engine::Sticky;
 pub use env::Env;
+pub use keys::{KeyFn, KeySource, Peer, PeerSet};
 pub use target::{MAX_TARGET_LEN, Source, TargetFormat};
 #[cfg(feature = "http")]
 pub use view::HttpView;

@@ -17,6 +17,8 @@ pub enum Source {
     Query,
     /// A request header.
     Header,
+    /// A key (tenant, session, client IP...) hashed onto the live Machines.
+    Key,
 }
 
 impl Source {
@@ -26,6 +28,7 @@ impl Source {
             Source::Cookie => "cookie",
             Source::Query => "query",
             Source::Header => "header",
+            Source::Key => "key",
         }
     }
 }

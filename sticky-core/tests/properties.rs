@@ -95,6 +95,13 @@ fn engines() -> Vec<Sticky> {
             .build(env())
             .unwrap(),
         Sticky::builder()
+            .sources([sticky_core::Source::Key, sticky_core::Source::Cookie])
+            .key_source(sticky_core::KeySource::Header("x-machine".into()))
+            .key_source(sticky_core::KeySource::Cookie("fly-machine-id".into()))
+            .peers([S, T, "e784079b449483"].map(sticky_core::Peer::new))
+            .build(env())
+            .unwrap(),
+        Sticky::builder()
             .target_format(TargetFormat::custom(|_| true))
             .sources([
                 sticky_core::Source::Header,
@@ -158,7 +165,7 @@ proptest! {
                 for (k, v) in &fields {
                     match *k {
                         "instance" | "prefer_instance" => {
-                            prop_assert!(i == 2 || v.len() == 14, "target {v:?}");
+                            prop_assert!(i == 3 || v.len() == 14, "target {v:?}");
                             prop_assert_ne!(*v, S, "never a replay to ourselves");
                         }
                         "elsewhere" => prop_assert_eq!(*v, "true"),
