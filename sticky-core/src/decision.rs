@@ -75,7 +75,7 @@ pub enum Marker {
 
 impl Marker {
     /// The request header that carries this marker.
-    pub fn header(self) -> &'static str {
+    pub const fn header(self) -> &'static str {
         match self {
             Marker::ReplaySrc => "fly-replay-src",
             Marker::ReplayFailed => "fly-replay-failed",

@@ -486,6 +486,35 @@ impl Sticky {
             .map(|p| p.id().to_owned())
     }
 
+    /// The request headers this configuration reads beyond
+    /// [`READ_HEADERS`]: the header source and key headers (lowercase).
+    pub fn configured_headers(&self) -> impl Iterator<Item = &str> {
+        let keys = self.inner.keys.iter().filter_map(|k| match k {
+            CompiledKey::Header(h) => Some(h.as_str()),
+            _ => None,
+        });
+        self.inner
+            .header_source
+            .as_deref()
+            .into_iter()
+            .chain(keys)
+            .filter(|h| !READ_HEADERS.contains(h))
+    }
+
+    /// The cookie names this configuration reads: the sticky cookie (when
+    /// it is a source) and key cookies.
+    pub fn configured_cookies(&self) -> impl Iterator<Item = &str> {
+        let keys = self.inner.keys.iter().filter_map(|k| match k {
+            CompiledKey::Cookie(c) => Some(c.name()),
+            _ => None,
+        });
+        self.inner
+            .pins_cookie
+            .then_some(self.inner.cookie.name.as_str())
+            .into_iter()
+            .chain(keys)
+    }
+
     /// Validates one raw value from `source`.
     #[inline]
     fn check<'a>(&self, source: Source, raw: &'a [u8], now: u64) -> Result<Target<'a>, Rejected> {
@@ -618,6 +647,22 @@ fn refusal(status: u16) -> ShortCircuit {
         fly_replay: None,
     }
 }
+
+/// Every request header the engine's built-in rules may read (lowercase).
+/// Configured sources add their own: see [`Sticky::configured_headers`].
+/// Adapters that must fetch headers one by one (warp) fetch these.
+pub const READ_HEADERS: [&str; 10] = [
+    "cookie",
+    "x-forwarded-proto",
+    "content-length",
+    "transfer-encoding",
+    "access-control-request-method",
+    Marker::ALL[0].header(),
+    Marker::ALL[1].header(),
+    Marker::ALL[2].header(),
+    Marker::ALL[3].header(),
+    "fly-client-ip",
+];
 
 fn replay_marker<V: RequestView>(req: &V) -> Option<Marker> {
     Marker::ALL.into_iter().find(|m| req.has_header(m.header()))

@@ -84,7 +84,7 @@ pub use config::{
     MAX_REPLAY_BODY, Refresh, Replay, SameSite, Secure, Unavailable,
 };
 pub use decision::{BodyProblem, Decision, Marker, Reason, Rejected, SetCookie, ShortCircuit};
-pub use engine::Sticky;
+pub use engine::{READ_HEADERS, Sticky};
 pub use env::Env;
 pub use keys::{KeyFn, KeySource, Peer, PeerSet};
 pub use target::{MAX_TARGET_LEN, Source, TargetFormat};

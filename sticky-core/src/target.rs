@@ -158,6 +158,7 @@ fn trim_ows(mut v: &[u8]) -> &[u8] {
 pub(crate) struct CookieScanner {
     needle: memchr::memmem::Finder<'static>,
     len: usize,
+    name: String,
 }
 
 impl CookieScanner {
@@ -168,7 +169,12 @@ impl CookieScanner {
         Self {
             needle: memchr::memmem::Finder::new(&needle).into_owned(),
             len,
+            name: name.to_owned(),
         }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
     }
 
     /// Calls `each` with the raw value of every pair named like ours in

@@ -564,3 +564,84 @@ fn reasons_map_to_rows_and_print() {
     assert_eq!(d.reason().row(), 7);
     assert_eq!(d.reason().to_string(), "pinned elsewhere by cookie: replay");
 }
+
+/// Adapters that fetch headers one by one rely on `READ_HEADERS` and
+/// `configured_headers`: every name `decide` asks for must be listed.
+#[test]
+fn read_headers_lists_every_header_decide_reads() {
+    use std::cell::RefCell;
+    use std::ops::ControlFlow;
+
+    struct Recording<'r>(&'r Req, RefCell<Vec<String>>);
+    impl sticky_core::RequestView for Recording<'_> {
+        fn method(&self) -> &str {
+            &self.0.method
+        }
+        fn path(&self) -> &str {
+            &self.0.path
+        }
+        fn query(&self) -> Option<&str> {
+            self.0.query.as_deref()
+        }
+        fn header_values<'a>(
+            &'a self,
+            name: &str,
+            each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
+        ) {
+            self.1.borrow_mut().push(name.to_owned());
+            self.0.header_values(name, each);
+        }
+    }
+
+    let engines = [
+        sticky(),
+        Sticky::builder()
+            .header_source("X-Machine")
+            .sources([Source::Key, Source::Header, Source::Cookie, Source::Query])
+            .key_source(sticky_core::KeySource::Header("x-tenant-id".into()))
+            .key_source(sticky_core::KeySource::ClientIp)
+            .key_source(sticky_core::KeySource::Cookie("session".into()))
+            .peers([S, T].map(sticky_core::Peer::new))
+            .build(Env::machine(S))
+            .unwrap(),
+    ];
+    let requests = [
+        Req::get("/"),
+        Req::get("/").cookie(S),
+        Req::get("/").cookie(T),
+        Req::get("/").cookie(T).header("fly-replay-src", "x"),
+        Req::new("POST", "/")
+            .cookie(T)
+            .header("content-length", "5"),
+        Req::new("POST", "/").cookie(T),
+        Req::new("OPTIONS", "/").header("access-control-request-method", "GET"),
+    ];
+    for engine in &engines {
+        let allowed: Vec<&str> = sticky_core::READ_HEADERS
+            .iter()
+            .copied()
+            .chain(engine.configured_headers())
+            .collect();
+        for drain in [false, true] {
+            if drain {
+                engine.drain();
+            }
+            for req in &requests {
+                let view = Recording(req, RefCell::default());
+                let _ = engine.decide(&view);
+                for name in view.1.into_inner() {
+                    assert!(
+                        allowed.contains(&name.as_str()),
+                        "decide read {name:?}, not in READ_HEADERS/configured_headers"
+                    );
+                }
+            }
+        }
+    }
+    let configured: Vec<&str> = engines[1].configured_headers().collect();
+    assert_eq!(configured, ["x-machine", "x-tenant-id"]);
+    assert_eq!(
+        engines[1].configured_cookies().collect::<Vec<_>>(),
+        ["fly-machine-id", "session"]
+    );
+}

@@ -4,7 +4,10 @@
 //!   runs on this process (every route but `/health`);
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
-//! - `GET /ws` echoes each text message as `<id>:<message>`.
+//! - `GET /ws` echoes each text message as `<id>:<message>`;
+//! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
+//!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
+//!   Fly's internal DNS, see `sticky-peers`).
 //!
 //! actix-web builds one `App` per worker thread, so the handler counter lives
 //! in a [`Contract`] that is built once and shared by every worker's app.
@@ -18,7 +21,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, Error, HttpRequest, HttpResponse, HttpServer, web};
 use actix_ws::Message;
-use sticky_actix_web::sticky_core::{ConfigError, Env, Sticky};
+use sticky_actix_web::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -26,9 +29,14 @@ pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// How long a graceful stop waits for in-flight requests (seconds).
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-/// The engine with the contract's settings: defaults, `/health` excluded.
+/// The engine with the contract's settings: defaults, `/health` excluded,
+/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
-    Sticky::builder().exclude(["/health"]).build(env)
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .build(env)
 }
 
 struct State {
@@ -92,6 +100,7 @@ impl Contract {
             .route("/health", web::get().to(health))
             .route("/upload", web::post().to(upload))
             .route("/ws", web::get().to(ws))
+            .route("/api/tenant", web::get().to(tenant))
             .wrap(sticky_actix_web::Sticky::new(self.sticky.clone()))
     }
 }
@@ -103,6 +112,16 @@ async fn index(state: web::Data<State>) -> String {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+async fn tenant(state: web::Data<State>, req: HttpRequest) -> String {
+    state.count();
+    let tenant = req
+        .headers()
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    format!("machine={} tenant={tenant}", state.machine)
 }
 
 async fn upload(state: web::Data<State>, body: web::Bytes) -> String {

@@ -12,6 +12,14 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // Key affinity's live set: STICKY_PEERS, or Fly's internal DNS.
+    let _peers = sticky
+        .is_enabled()
+        .then(|| sticky_peers::Provider::from_env(&sticky))
+        .and_then(|p| {
+            p.map_err(|e| eprintln!("example-actix-web: key affinity has no live set: {e}"))
+                .ok()
+        });
     let port: u16 = std::env::var("PORT")
         .ok()
         .and_then(|p| p.parse().ok())

@@ -4,7 +4,10 @@
 //!   runs on this Machine (every route but `/health`);
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
-//! - `GET /ws` echoes each text message as `<id>:<message>`.
+//! - `GET /ws` echoes each text message as `<id>:<message>`;
+//! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
+//!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
+//!   Fly's internal DNS, see `sticky-peers`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,10 +17,11 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use sticky_axum::StickyLayer;
-use sticky_axum::sticky_core::{ConfigError, Env, Sticky};
+use sticky_axum::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -34,9 +38,14 @@ impl App {
     }
 }
 
-/// The engine with the contract's settings: defaults, `/health` excluded.
+/// The engine with the contract's settings: defaults, `/health` excluded,
+/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
-    Sticky::builder().exclude(["/health"]).build(env)
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .build(env)
 }
 
 /// The contract app behind the sticky layer.
@@ -50,6 +59,7 @@ pub fn app(sticky: Sticky) -> Router {
         .route("/health", get(|| async { "ok" }))
         .route("/upload", post(upload))
         .route("/ws", get(ws))
+        .route("/api/tenant", get(tenant))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(state)
         .layer(StickyLayer::new(sticky))
@@ -58,6 +68,15 @@ pub fn app(sticky: Sticky) -> Router {
 async fn index(State(app): State<App>) -> String {
     let n = app.count();
     format!("machine={} handled={n}", app.machine)
+}
+
+async fn tenant(State(app): State<App>, headers: HeaderMap) -> String {
+    app.count();
+    let tenant = headers
+        .get("x-tenant-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    format!("machine={} tenant={tenant}", app.machine)
 }
 
 async fn upload(State(app): State<App>, body: Bytes) -> String {

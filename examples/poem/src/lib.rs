@@ -3,7 +3,10 @@
 //! - `GET /` answers `machine=<id> handled=<n>`;
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
-//! - `GET /ws` is a WebSocket that echoes each text message as `<id>:<message>`.
+//! - `GET /ws` is a WebSocket that echoes each text message as `<id>:<message>`;
+//! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
+//!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
+//!   Fly's internal DNS, see `sticky-peers`).
 //!
 //! `<id>` is the Machine ID, or `local` when not on Fly; `n` counts the
 //! handler runs of this process (every route but `/health`).
@@ -42,7 +45,7 @@ use poem::web::websocket::{Message, WebSocket};
 use poem::{
     Body, Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post,
 };
-use sticky_poem::sticky_core::{ConfigError, Env, Sticky};
+use sticky_poem::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
 /// The largest upload `/upload` accepts (64 MiB); larger bodies get a 413.
 pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
@@ -51,9 +54,14 @@ pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The engine the contract asks for: defaults, except that `/health` is
-/// never sticky.
+/// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
+/// before the cookie.
 pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
-    Sticky::builder().exclude(["/health"]).build(env)
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .build(env)
 }
 
 /// What the handlers share.
@@ -73,6 +81,13 @@ impl State {
 fn index(Data(state): Data<&Arc<State>>) -> String {
     let n = state.count();
     format!("machine={} handled={n}", state.machine)
+}
+
+#[handler]
+fn tenant(Data(state): Data<&Arc<State>>, req: &poem::Request) -> String {
+    state.count();
+    let tenant = req.header("x-tenant-id").unwrap_or_default();
+    format!("machine={} tenant={tenant}", state.machine)
 }
 
 #[handler]
@@ -118,6 +133,7 @@ pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
         .at("/health", get(health))
         .at("/upload", post(upload))
         .at("/ws", get(ws))
+        .at("/api/tenant", get(tenant))
         .data(state)
         .with(sticky_poem::Sticky::new(sticky))
 }

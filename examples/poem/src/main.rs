@@ -39,6 +39,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Key affinity's live set: STICKY_PEERS, or Fly's internal DNS.
+    let _peers = sticky
+        .is_enabled()
+        .then(|| sticky_peers::Provider::from_env(&sticky))
+        .and_then(|p| {
+            p.map_err(|e| eprintln!("example-poem: key affinity has no live set: {e}"))
+                .ok()
+        });
     let listener = match tokio::net::TcpListener::bind(("0.0.0.0", port)).await {
         Ok(listener) => listener,
         Err(error) => {

@@ -7,6 +7,7 @@
 //! | `GET /health` | `ok` (excluded from stickiness, not counted) |
 //! | `POST /upload` | reads the whole body (up to [`UPLOAD_LIMIT`]), `machine=<id> bytes=<len>` |
 //! | `GET /ws` | WebSocket echo: each text message comes back as `<id>:<message>` |
+//! | `GET /api/tenant` | `machine=<id> tenant=<value>`, pinned by key affinity on `x-tenant-id` (live set: `STICKY_PEERS` or Fly's DNS, see `sticky-peers`) |
 //!
 //! `<id>` is the Machine ID (`local` when not on Fly) and `<n>` the number of
 //! handler runs on this process (every route but `/health` counts).
@@ -24,19 +25,25 @@ use rocket::data::{ByteUnit, Data, Limits};
 use rocket::fairing::AdHoc;
 use rocket::futures::{SinkExt, StreamExt};
 use rocket::http::Status;
+use rocket::request::{FromRequest, Outcome, Request};
 use rocket::tokio::{self, sync::oneshot, task::JoinHandle};
 use rocket::{Build, Ignite, Rocket, Shutdown, State, get, post, routes};
 use rocket_ws::{Channel, Message, WebSocket};
-use sticky_rocket::sticky_core::{ConfigError, Env, Sticky};
+use sticky_rocket::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
 /// The largest upload `POST /upload` accepts (Rocket's `bytes` data limit is
 /// raised to this; its default is 8 MiB).
 pub const UPLOAD_LIMIT: ByteUnit = ByteUnit::Mebibyte(32);
 
 /// The engine of the app contract: defaults, except that `/health` is
-/// never sticky.
+/// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
+/// before the cookie.
 pub fn engine(env: Env) -> Result<Sticky, ConfigError> {
-    Sticky::builder().exclude(["/health"]).build(env)
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .build(env)
 }
 
 /// The Rocket configuration the app runs with on `address:port`: raised data
@@ -87,6 +94,28 @@ fn index(app: &State<App>) -> String {
     format!("machine={} handled={n}", app.id)
 }
 
+/// The `x-tenant-id` header, empty when absent.
+struct Tenant(String);
+
+#[rocket::async_trait]
+impl<'r> FromRequest<'r> for Tenant {
+    type Error = std::convert::Infallible;
+    async fn from_request(req: &'r Request<'_>) -> Outcome<Self, Self::Error> {
+        Outcome::Success(Tenant(
+            req.headers()
+                .get_one("x-tenant-id")
+                .unwrap_or_default()
+                .to_owned(),
+        ))
+    }
+}
+
+#[get("/api/tenant")]
+fn tenant(app: &State<App>, tenant: Tenant) -> String {
+    app.count();
+    format!("machine={} tenant={}", app.id, tenant.0)
+}
+
 #[get("/health")]
 fn health() -> &'static str {
     "ok"
@@ -135,7 +164,7 @@ pub fn app(sticky: Sticky, config: Config) -> Rocket<Build> {
     };
     rocket::custom(config)
         .manage(state)
-        .mount("/", routes![index, health, upload, ws])
+        .mount("/", routes![index, health, upload, ws, tenant])
         .attach(sticky_rocket::Sticky::new(sticky))
 }
 

@@ -38,6 +38,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Key affinity's live set: STICKY_PEERS, or Fly's internal DNS.
+    let _peers = sticky
+        .is_enabled()
+        .then(|| sticky_peers::Provider::from_env(&sticky))
+        .and_then(|p| {
+            p.map_err(|e| eprintln!("example-rocket: key affinity has no live set: {e}"))
+                .ok()
+        });
     let config = example_rocket::config(IpAddr::from([0, 0, 0, 0]), port);
     match example_rocket::serve(sticky, config, Duration::from_secs(drain)).await {
         Ok(()) => ExitCode::SUCCESS,

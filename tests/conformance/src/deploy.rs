@@ -20,18 +20,54 @@ pub(crate) type Drain = Arc<dyn Fn() + Send + Sync>;
 
 /// Something that can start the contract app for an `Env`.
 pub(crate) trait Deploy: Send + Sync + 'static {
-    fn launch(&self, env: Env) -> BoxFuture<io::Result<(Instance, Drain)>>;
+    /// Starts one Machine; `dns` is flysim's DNS server for its live set.
+    fn launch(&self, env: Env, dns: Option<SocketAddr>)
+    -> BoxFuture<io::Result<(Instance, Drain)>>;
 }
+
+/// How often Machines under test refresh their live set.
+pub(crate) const PEERS_REFRESH: Duration = Duration::from_millis(100);
 
 pub(crate) struct InProcess<A>(pub(crate) Arc<A>);
 
 impl<A: App> Deploy for InProcess<A> {
-    fn launch(&self, env: Env) -> BoxFuture<io::Result<(Instance, Drain)>> {
+    fn launch(
+        &self,
+        env: Env,
+        dns: Option<SocketAddr>,
+    ) -> BoxFuture<io::Result<(Instance, Drain)>> {
         let app = self.0.clone();
         Box::pin(async move {
+            let app_name = env.app_name.clone();
             let sticky: Sticky = crate::contract_sticky(env).map_err(io::Error::other)?;
+            // The live set, as a real Machine gets it: from (flysim's) DNS.
+            let provider = match (dns, app_name, sticky.is_enabled()) {
+                (Some(server), Some(app), true) => {
+                    let config = sticky_peers::DnsConfig {
+                        server,
+                        app,
+                        refresh: PEERS_REFRESH,
+                        timeout: Duration::from_secs(1),
+                    };
+                    let engine = sticky.clone();
+                    let provider = tokio::task::spawn_blocking(move || {
+                        sticky_peers::Provider::dns(&engine, config)
+                    })
+                    .await
+                    .map_err(io::Error::other)?
+                    .map_err(io::Error::other)?;
+                    Some(provider)
+                }
+                _ => None,
+            };
             let instance = app.start(sticky.clone()).await?;
+            let addr = instance.addr();
             let drain: Drain = Arc::new(move || sticky.drain());
+            // The provider lives as long as the Machine.
+            let instance = Instance::new(addr, move || {
+                drop(provider);
+                drop(instance);
+            });
             Ok((instance, drain))
         })
     }
@@ -45,7 +81,11 @@ pub(crate) struct Process {
 }
 
 impl Deploy for Process {
-    fn launch(&self, env: Env) -> BoxFuture<io::Result<(Instance, Drain)>> {
+    fn launch(
+        &self,
+        env: Env,
+        dns: Option<SocketAddr>,
+    ) -> BoxFuture<io::Result<(Instance, Drain)>> {
         let binary = self.binary.clone();
         Box::pin(async move {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -55,6 +95,11 @@ impl Deploy for Process {
             cmd.env_remove("FLY_MACHINE_ID")
                 .env("PORT", port.to_string())
                 .env("DRAIN_SECONDS", "120")
+                .env(
+                    "STICKY_PEERS_REFRESH_MS",
+                    PEERS_REFRESH.as_millis().to_string(),
+                )
+                .env_remove("STICKY_PEERS")
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .kill_on_drop(true);
@@ -66,6 +111,9 @@ impl Deploy for Process {
                 if let Some(value) = value {
                     cmd.env(name, value);
                 }
+            }
+            if let Some(dns) = dns {
+                cmd.env("FLY_DNS_SERVER", dns.to_string());
             }
             let mut child = cmd.spawn()?;
             let pid = child

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use flysim::Instance;
-use sticky_core::{ConfigError, Env, Sticky};
+use sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
 pub mod client;
 mod deploy;
@@ -61,9 +61,18 @@ pub trait App: Send + Sync + 'static {
     fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>>;
 }
 
-/// The engine every example builds: the defaults, with `/health` excluded.
+/// The request header that pins `GET /api/tenant` by key affinity.
+pub const TENANT_HEADER: &str = "x-tenant-id";
+
+/// The engine every example builds: the defaults with `/health` excluded,
+/// plus key affinity on the `x-tenant-id` header, consulted first (its live
+/// set comes from `STICKY_PEERS` or Fly's DNS, see `sticky-peers`).
 pub fn contract_sticky(env: Env) -> Result<Sticky, ConfigError> {
-    Sticky::builder().exclude(["/health"]).build(env)
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header(TENANT_HEADER.to_owned()))
+        .build(env)
 }
 
 /// A scenario's name, purpose and kind, for listings and the matrix.

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flysim::{Config, FlySim, Launch};
-use sticky_core::Env;
+use sticky_core::{Env, Peer, PeerSet};
+
+use crate::TENANT_HEADER;
 
 use crate::client::{Client, Request, Response, send, websocket_echo};
 use crate::deploy::{Deploy, Drain};
@@ -81,7 +83,7 @@ impl Cluster {
                 } else {
                     Env::default()
                 };
-                let (instance, drain) = deploy.launch(env).await?;
+                let (instance, drain) = deploy.launch(env, m.dns_server).await?;
                 registry
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -178,6 +180,45 @@ where
     };
     cluster.stop().await;
     result
+}
+
+/// Sends `GET /api/tenant` for each tenant until every one is served by its
+/// owner in `live` (the Machines' DNS refresh is asynchronous); every answer
+/// must be a 200 meanwhile.
+async fn tenants_settle(c: &Cluster, live: &[String], tenants: &[String]) -> Result<(), String> {
+    let set = PeerSet::new(live.iter().cloned().map(Peer::new));
+    let mut wrong = Vec::new();
+    for _ in 0..100 {
+        wrong.clear();
+        for tenant in tenants {
+            let owner = set
+                .pick(tenant.as_bytes(), None)
+                .map(|p| p.id().to_owned())
+                .unwrap_or_default();
+            let res = send(
+                c.front(),
+                &Request::get("/api/tenant").header(TENANT_HEADER, tenant),
+            )
+            .await?;
+            ensure!(res.status == 200, "tenant {tenant}: {}", res.summary());
+            ensure!(
+                res.text().ends_with(&format!(" tenant={tenant}")),
+                "tenant {tenant}: {}",
+                res.summary()
+            );
+            if res.machine().as_deref() != Some(owner.as_str()) {
+                wrong.push(format!("{tenant} on {:?}, owner {owner}", res.machine()));
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(format!(
+        "tenants never settled on their owners: {}",
+        wrong.join("; ")
+    ))
 }
 
 /// `GET /` with our cookie: the handler count now.
@@ -1206,6 +1247,87 @@ pub(crate) fn all() -> Vec<Scenario> {
                                 res.machine().as_deref() == Some(&new_home as &str),
                                 "request {i} went back: {}",
                                 res.summary()
+                            );
+                        }
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        ),
+        scenario!(
+            "cluster-key-pins-tenant",
+            Cluster,
+            "requests with x-tenant-id are served by the Machine the tenant hashes to, whatever cookie they carry",
+            |ctx| {
+                with_cluster(ctx, |c| {
+                    Box::pin(async move {
+                        let ids = c.sim.machine_ids();
+                        let tenants: Vec<String> = (0..12).map(|t| format!("tenant-{t}")).collect();
+                        tenants_settle(c, &ids, &tenants).await?;
+                        let set = PeerSet::new(ids.iter().cloned().map(Peer::new));
+                        let mut owners = std::collections::HashSet::new();
+                        for (i, tenant) in tenants.iter().enumerate() {
+                            let owner = set
+                                .pick(tenant.as_bytes(), None)
+                                .map(|p| p.id().to_owned())
+                                .unwrap_or_default();
+                            owners.insert(owner.clone());
+                            // A cookie naming another Machine does not move a tenant.
+                            let req = Request::get("/api/tenant")
+                                .header(TENANT_HEADER, tenant)
+                                .cookie(&ids[i % ids.len()]);
+                            let res = send(c.front(), &req).await?;
+                            ensure!(
+                                res.status == 200
+                                    && res.machine().as_deref() == Some(owner.as_str()),
+                                "{tenant}: {}",
+                                res.summary()
+                            );
+                            ensure!(
+                                res.pinned_to().is_none(),
+                                "a key-pinned answer sets no cookie: {}",
+                                res.summary()
+                            );
+                        }
+                        ensure!(owners.len() >= 2, "12 tenants all hashed to one Machine");
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        ),
+        scenario!(
+            "cluster-key-machine-leaves-and-joins",
+            Cluster,
+            "when a Machine leaves or joins, only the tenants it held or wins move, with no error",
+            |ctx| {
+                with_cluster(ctx, |c| {
+                    Box::pin(async move {
+                        let ids = c.sim.machine_ids();
+                        let tenants: Vec<String> = (0..24).map(|t| format!("t{t}")).collect();
+                        tenants_settle(c, &ids, &tenants).await?;
+                        c.sim
+                            .destroy_machine(&ids[0])
+                            .await
+                            .map_err(|e| format!("destroy: {e}"))?;
+                        let live: Vec<String> = ids[1..].to_vec();
+                        tenants_settle(c, &live, &tenants).await?;
+                        let added = c.sim.add_machine().await.map_err(|e| format!("add: {e}"))?;
+                        let mut grown = live.clone();
+                        grown.push(added.clone());
+                        tenants_settle(c, &grown, &tenants).await?;
+                        // Rendezvous hashing: only the newcomer's tenants moved.
+                        let before = PeerSet::new(live.iter().cloned().map(Peer::new));
+                        let after = PeerSet::new(grown.iter().cloned().map(Peer::new));
+                        for t in &tenants {
+                            let (b, a) = (
+                                before.pick(t.as_bytes(), None).map(Peer::id),
+                                after.pick(t.as_bytes(), None).map(Peer::id),
+                            );
+                            ensure!(
+                                a == b || a == Some(added.as_str()),
+                                "{t} moved from {b:?} to {a:?}"
                             );
                         }
                         Ok(())

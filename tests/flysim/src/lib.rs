@@ -61,13 +61,14 @@
 //! `https` as behind Fly's edge), several regions or apps (a replay to another app
 //! fails like PA04), replay caching (`cache` in the JSON form is validated and
 //! ignored), `fly-prefer-region`/`fly-force-region`, health checks, autostop,
-//! suspend, internal DNS and 6PN, HTTP/2 to Machines and WebSockets over HTTP/2.
+//! suspend, 6PN (internal DNS answers only the `vms` TXT records), HTTP/2 to Machines and WebSockets over HTTP/2.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 mod admin;
 mod body;
+mod dns;
 mod events;
 mod machine;
 mod proxy;
@@ -106,6 +107,10 @@ pub struct Config {
     pub front_addr: SocketAddr,
     /// Address of the admin interface, `None` for none. Default `127.0.0.1:0`.
     pub admin_addr: Option<SocketAddr>,
+    /// Address of the DNS server that answers `vms.<app>.internal` and
+    /// `all.vms.<app>.internal` TXT like Fly's internal DNS (UDP), `None` for
+    /// none. Machines get it as `FLY_DNS_SERVER`. Default `127.0.0.1:0`.
+    pub dns_addr: Option<SocketAddr>,
     /// `FLY_APP_NAME`. Default `flysim-app`.
     pub app_name: String,
     /// `FLY_REGION` of every Machine and the edge region (`Fly-Region`). Default `iad`.
@@ -141,6 +146,7 @@ impl Default for Config {
             machines: 3,
             front_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            dns_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
             app_name: "flysim-app".to_owned(),
             region: "iad".to_owned(),
             balance: Balance::RoundRobin,
@@ -171,6 +177,12 @@ impl Config {
     /// Sets [`Config::admin_addr`].
     pub fn admin_addr(mut self, addr: Option<SocketAddr>) -> Self {
         self.admin_addr = addr;
+        self
+    }
+
+    /// Sets [`Config::dns_addr`].
+    pub fn dns_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.dns_addr = addr;
         self
     }
     /// Sets [`Config::app_name`].

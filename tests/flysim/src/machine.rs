@@ -24,6 +24,9 @@ pub struct MachineEnv {
     pub app_name: String,
     /// `FLY_REGION` (and `PRIMARY_REGION`).
     pub region: String,
+    /// `FLY_DNS_SERVER`: flysim's loopback DNS server, which answers
+    /// `vms.<app>.internal` TXT like Fly's internal DNS (`None` when off).
+    pub dns_server: Option<std::net::SocketAddr>,
     /// `PORT`: the port to listen on. `0` for in-process launches: bind
     /// `127.0.0.1:0` and report the address in the returned [`Instance`].
     pub port: u16,
@@ -31,16 +34,21 @@ pub struct MachineEnv {
 
 impl MachineEnv {
     /// The environment variables of this Machine: `FLY_MACHINE_ID`, `FLY_ALLOC_ID`,
-    /// `FLY_APP_NAME`, `FLY_REGION`, `PRIMARY_REGION` and `PORT`.
+    /// `FLY_APP_NAME`, `FLY_REGION`, `PRIMARY_REGION`, `PORT` and, when
+    /// flysim serves DNS, `FLY_DNS_SERVER`.
     pub fn vars(&self) -> Vec<(String, String)> {
-        vec![
+        let mut vars = vec![
             ("FLY_MACHINE_ID".to_owned(), self.machine_id.clone()),
             ("FLY_ALLOC_ID".to_owned(), self.machine_id.clone()),
             ("FLY_APP_NAME".to_owned(), self.app_name.clone()),
             ("FLY_REGION".to_owned(), self.region.clone()),
             ("PRIMARY_REGION".to_owned(), self.region.clone()),
             ("PORT".to_owned(), self.port.to_string()),
-        ]
+        ];
+        if let Some(dns) = self.dns_server {
+            vars.push(("FLY_DNS_SERVER".to_owned(), dns.to_string()));
+        }
+        vars
     }
 }
 

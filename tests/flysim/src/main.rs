@@ -138,6 +138,9 @@ async fn main() -> ExitCode {
     if let Some(admin) = sim.admin_addr() {
         println!("flysim: admin http://{admin}");
     }
+    if let Some(dns) = sim.dns_addr() {
+        println!("flysim: dns {dns} (vms.{}.internal TXT; FLY_DNS_SERVER)", sim.config().app_name);
+    }
 
     let code = tokio::select! {
         _ = tokio::signal::ctrl_c() => {

@@ -83,6 +83,8 @@ pub(crate) struct Shared {
     exited: Notify,
     pub(crate) shutdown: watch::Sender<bool>,
     weak: Weak<Shared>,
+    /// The DNS server's address, set once at start-up.
+    dns_addr: std::sync::OnceLock<Option<SocketAddr>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -118,6 +120,7 @@ impl Shared {
             exited: Notify::new(),
             shutdown,
             weak: weak.clone(),
+            dns_addr: std::sync::OnceLock::new(),
         })
     }
 
@@ -334,6 +337,7 @@ impl Shared {
             machine_id: id.to_owned(),
             app_name: self.config.app_name.clone(),
             region: self.config.region.clone(),
+            dns_server: *self.dns_addr.get().unwrap_or(&None),
             port: 0,
         };
         let launched = match &self.launch {
@@ -579,18 +583,33 @@ impl FlySim {
             Some(addr) => Some(TcpListener::bind(addr).await?),
             None => None,
         };
+        let dns = match config.dns_addr {
+            Some(addr) => Some(tokio::net::UdpSocket::bind(addr).await?),
+            None => None,
+        };
         let front_addr = front.local_addr()?;
         let admin_addr = admin.as_ref().map(TcpListener::local_addr).transpose()?;
+        let dns_addr = dns
+            .as_ref()
+            .map(tokio::net::UdpSocket::local_addr)
+            .transpose()?;
         let n = config.machines;
         let shared = Shared::new(config, launch);
+        let _ = shared.dns_addr.set(dns_addr);
+        // DNS answers from the start: booting Machines look their peers up.
+        let dns_task = dns.map(|dns| tokio::spawn(crate::dns::serve(shared.clone(), dns)));
         let ids: Vec<String> = (0..n).map(|_| shared.create_slot()).collect();
         let starts = ids.iter().map(|id| shared.start_inner(id, false));
         let results = futures_util::future::join_all(starts).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            if let Some(task) = &dns_task {
+                task.abort();
+            }
             shared.stop_all().await;
             return Err(e);
         }
         let mut tasks = vec![tokio::spawn(serve_front(shared.clone(), front))];
+        tasks.extend(dns_task);
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
         }
@@ -600,6 +619,11 @@ impl FlySim {
             admin_addr,
             tasks,
         })
+    }
+
+    /// The loopback DNS server answering `vms.<app>.internal` TXT, if on.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        *self.shared.dns_addr.get().unwrap_or(&None)
     }
 
     /// The front URL, e.g. `http://127.0.0.1:41234`.

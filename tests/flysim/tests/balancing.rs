@@ -68,6 +68,7 @@ async fn machines_get_fly_ids_and_environment() {
         machine_id: ids[0].clone(),
         app_name: "my-app".into(),
         region: "ams".into(),
+        dns_server: Some("127.0.0.1:5353".parse().unwrap()),
         port: 8080,
     };
     let vars = env.vars();
@@ -77,6 +78,7 @@ async fn machines_get_fly_ids_and_environment() {
     assert_eq!(var("FLY_APP_NAME"), Some("my-app"));
     assert_eq!(var("FLY_REGION"), Some("ams"));
     assert_eq!(var("PORT"), Some("8080"));
+    assert_eq!(var("FLY_DNS_SERVER"), Some("127.0.0.1:5353"));
     sim.shutdown().await;
 }
 
