@@ -139,7 +139,10 @@ async fn main() -> ExitCode {
         println!("flysim: admin http://{admin}");
     }
     if let Some(dns) = sim.dns_addr() {
-        println!("flysim: dns {dns} (vms.{}.internal TXT; FLY_DNS_SERVER)", sim.config().app_name);
+        println!(
+            "flysim: dns {dns} (vms.{}.internal TXT; FLY_DNS_SERVER)",
+            sim.config().app_name
+        );
     }
 
     let code = tokio::select! {
