@@ -96,6 +96,25 @@ fn bench(c: &mut Criterion) {
         .body(())
         .unwrap();
 
+    // What the example apps run in `cargo xtask bench`: the contract's
+    // settings, and the request wrk sends (its own `Host`, our cookie alone).
+    let contract = Sticky::builder()
+        .exclude(["/health"])
+        .sources([
+            sticky_core::Source::Key,
+            sticky_core::Source::Cookie,
+            sticky_core::Source::Query,
+        ])
+        .key_source(sticky_core::KeySource::Header("x-tenant-id".into()))
+        .build(Env::machine(S))
+        .unwrap();
+    let disabled = Sticky::builder().build(Env::default()).unwrap();
+    let wrk = http::Request::get("/")
+        .header("host", "127.0.0.1:8080")
+        .header("cookie", format!("fly-machine-id={S}"))
+        .body(())
+        .unwrap();
+
     let here = request(Some(S));
     let elsewhere = request(Some(T));
     let first = request(None);
@@ -109,6 +128,10 @@ fn bench(c: &mut Criterion) {
     g.bench_function("stick/path-rules", |b| {
         b.iter(|| with_paths.decide(black_box(&here)))
     });
+    g.bench_function("stick/contract-app", |b| {
+        b.iter(|| contract.decide(black_box(&wrk)))
+    });
+    g.bench_function("disabled", |b| b.iter(|| disabled.decide(black_box(&wrk))));
     g.bench_function("first-visit", |b| {
         b.iter(|| sticky.decide(black_box(&first)))
     });
@@ -132,6 +155,14 @@ fn bench(c: &mut Criterion) {
     // Sanity: the benches measure the paths they name.
     assert!(matches!(sticky.decide(&here), Decision::Stick(_)));
     assert!(matches!(with_paths.decide(&here), Decision::Stick(_)));
+    assert!(matches!(
+        contract.decide(&wrk),
+        Decision::Stick(sticky_core::Reason::PinnedHere(_))
+    ));
+    assert!(matches!(
+        disabled.decide(&wrk),
+        Decision::Stick(sticky_core::Reason::Disabled)
+    ));
     assert!(matches!(sticky.decide(&first), Decision::SetCookie(..)));
     assert!(matches!(sticky.decide(&elsewhere), Decision::Replay(..)));
     assert!(matches!(

@@ -75,8 +75,8 @@ struct Inner {
     unavailable: Unavailable,
     large_body: LargeBody,
     body_limit: u64,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
+    include: Option<PathSet>,
+    exclude: Option<PathSet>,
     skip_methods: Vec<String>,
     skip_preflight: bool,
     skip_if: Option<SkipFn>,
@@ -336,22 +336,15 @@ impl Sticky {
         if inner.skip_methods.iter().any(|m| m == method) {
             return Some(Reason::MethodSkipped);
         }
-        if inner.include.is_some() || inner.exclude.is_some() {
-            let candidate = globset::Candidate::from_bytes(req.path().as_bytes());
-            if inner
-                .include
-                .as_ref()
-                .is_some_and(|set| !set.is_match_candidate(&candidate))
-            {
-                return Some(Reason::PathNotIncluded);
-            }
-            if inner
-                .exclude
-                .as_ref()
-                .is_some_and(|set| set.is_match_candidate(&candidate))
-            {
-                return Some(Reason::PathExcluded);
-            }
+        if let Some(include) = &inner.include
+            && !include.matches(req.path())
+        {
+            return Some(Reason::PathNotIncluded);
+        }
+        if let Some(exclude) = &inner.exclude
+            && exclude.matches(req.path())
+        {
+            return Some(Reason::PathExcluded);
         }
         if inner
             .skip_if
@@ -688,12 +681,30 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn glob_set(setting: &'static str, patterns: &[String]) -> Result<Option<GlobSet>, ConfigError> {
+/// Path patterns. Plain paths (the usual `/health`) are compared as
+/// strings: a glob without metacharacters matches exactly itself, and the
+/// comparison skips globset's hashing of every request path.
+struct PathSet {
+    literals: Vec<Box<str>>,
+    globs: Option<GlobSet>,
+}
+
+impl PathSet {
+    fn matches(&self, path: &str) -> bool {
+        self.literals.iter().any(|l| **l == *path)
+            || self.globs.as_ref().is_some_and(|g| g.is_match(path))
+    }
+}
+
+fn glob_set(setting: &'static str, patterns: &[String]) -> Result<Option<PathSet>, ConfigError> {
     if patterns.is_empty() {
         return Ok(None);
     }
-    let mut set = GlobSetBuilder::new();
+    let mut literals = Vec::new();
+    let mut globs = GlobSetBuilder::new();
+    let mut glob_patterns = Vec::new();
     for pattern in patterns {
+        // Compiled even when plain, so that every pattern is validated alike.
         let glob = GlobBuilder::new(pattern)
             .literal_separator(true)
             .build()
@@ -702,15 +713,23 @@ fn glob_set(setting: &'static str, patterns: &[String]) -> Result<Option<GlobSet
                 pattern: pattern.clone(),
                 source,
             })?;
-        set.add(glob);
+        if pattern.bytes().any(|b| b"*?[]{}\\".contains(&b)) {
+            globs.add(glob);
+            glob_patterns.push(pattern.as_str());
+        } else {
+            literals.push(pattern.as_str().into());
+        }
     }
-    set.build()
-        .map(Some)
-        .map_err(|source| ConfigError::InvalidGlob {
+    let globs = if glob_patterns.is_empty() {
+        None
+    } else {
+        Some(globs.build().map_err(|source| ConfigError::InvalidGlob {
             setting,
-            pattern: patterns.join(", "),
+            pattern: glob_patterns.join(", "),
             source,
-        })
+        })?)
+    };
+    Ok(Some(PathSet { literals, globs }))
 }
 
 /// A query parameter name we can match raw.
@@ -941,5 +960,50 @@ impl Builder {
         };
         sticky.set_peers(initial_peers);
         Ok(sticky)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(patterns: &[String]) -> GlobSet {
+        let mut set = GlobSetBuilder::new();
+        for p in patterns {
+            set.add(GlobBuilder::new(p).literal_separator(true).build().unwrap());
+        }
+        set.build().unwrap()
+    }
+
+    #[test]
+    fn plain_paths_match_exactly() {
+        let set = glob_set("exclude", &["/health".into(), "/static/**".into()])
+            .unwrap()
+            .unwrap();
+        assert_eq!(set.literals.len(), 1);
+        assert!(set.globs.is_some());
+        for (path, hit) in [
+            ("/health", true),
+            ("/health/", false),
+            ("/healthz", false),
+            ("/Health", false),
+            ("/static/a/b.css", true),
+            ("/", false),
+        ] {
+            assert_eq!(set.matches(path), hit, "{path}");
+        }
+    }
+
+    proptest! {
+        /// Splitting plain paths off changes no answer.
+        #[test]
+        fn path_sets_agree_with_globset(
+            patterns in prop::collection::vec("(/[a-c*?]{0,3}){1,3}|/[a-c]{1,2}/\\*\\*|/[a-c]{0,2}", 1..5),
+            path in "(/[a-c.*?]{0,3}){0,4}",
+        ) {
+            let ours = glob_set("include", &patterns).unwrap().unwrap();
+            prop_assert_eq!(ours.matches(&path), reference(&patterns).is_match(&path));
+        }
     }
 }

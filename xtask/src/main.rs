@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+mod bench;
 mod conformance_matrix;
 mod demo;
 
@@ -11,7 +12,8 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci            fmt check, clippy -D warnings, every test, docs (what CI runs)
   conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
-  demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness";
+  demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
+  bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md";
 
 /// The frameworks, in matrix order. An adapter is present when its example
 /// package exists in the workspace.
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "conformance" => conformance_matrix::run(rest),
         "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
