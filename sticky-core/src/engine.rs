@@ -427,18 +427,22 @@ impl Sticky {
         if inner.keys.is_empty() {
             return None;
         }
-        let peers = self.peers();
-        if peers.is_empty() {
-            return None;
-        }
         let region = inner.key_region.as_deref();
+        // The live set is fetched once a key is found: requests without a
+        // key (most, when keys and cookies are mixed) never touch its lock,
+        // whose cache line would otherwise bounce between worker threads.
+        let mut peers: Option<Arc<PeerSet>> = None;
         let mut id = None;
         for source in &inner.keys {
             if keys::key_of(source, req, &mut |key| {
-                id = peers.pick(key, region).and_then(|p| Id::peer(p.id()));
+                let set = peers.get_or_insert_with(|| self.peers());
+                id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
                 id.is_some()
             }) {
                 break;
+            }
+            if peers.as_ref().is_some_and(|set| set.is_empty()) {
+                return None;
             }
         }
         id.map(|id| Target {

@@ -42,8 +42,9 @@ impl fmt::Display for Source {
 /// Which values count as a Machine ID.
 ///
 /// Whatever the format, a value is refused unless it is 1 to
-/// [`MAX_TARGET_LEN`] visible ASCII characters without `;`, `,`, `=`, `"` or
-/// `\`: no format can let a value inject a field into `fly-replay`.
+/// [`MAX_TARGET_LEN`] visible ASCII characters without `;`, `,`, `=`, `"`,
+/// `\` or `%`: no format can let a value inject a field into `fly-replay`,
+/// raw or percent-encoded (`x%3Bapp%3Dother`).
 ///
 /// ```
 /// use sticky_core::TargetFormat;
@@ -57,6 +58,7 @@ impl fmt::Display for Source {
 /// let any = TargetFormat::custom(|_| true);
 /// assert!(any.accepts("local-1"));
 /// assert!(!any.accepts("local;app=x"));
+/// assert!(!any.accepts("local%3Bapp%3Dx"));
 /// ```
 #[derive(Clone, Default)]
 pub enum TargetFormat {
@@ -107,13 +109,15 @@ pub(crate) fn is_machine_id(v: &[u8]) -> bool {
 }
 
 /// The rule no format can relax: short, visible ASCII, and none of the bytes
-/// that separate or quote `fly-replay` fields.
+/// that separate or quote `fly-replay` fields, nor `%` (so that an encoded
+/// separator never reaches the proxy either, whoever decodes it).
 #[inline]
 pub(crate) fn is_safe_token(v: &[u8]) -> bool {
     !v.is_empty()
         && v.len() <= MAX_TARGET_LEN
-        && v.iter()
-            .all(|&b| (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b',' | b'=' | b'"' | b'\\'))
+        && v.iter().all(|&b| {
+            (0x21..=0x7e).contains(&b) && !matches!(b, b';' | b',' | b'=' | b'"' | b'\\' | b'%')
+        })
 }
 
 /// An RFC 9110 `tchar`.
@@ -286,7 +290,7 @@ mod tests {
     #[test]
     fn safe_token_rule() {
         for bad in [
-            "", "a;b", "a,b", "a=b", "a\"b", "a b", "a\tb", "a\rb", "a\\b", "é",
+            "", "a;b", "a,b", "a=b", "a\"b", "a b", "a\tb", "a\rb", "a\\b", "é", "a%3Bb",
         ] {
             assert!(!is_safe_token(bad.as_bytes()), "{bad:?}");
         }

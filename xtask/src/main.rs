@@ -6,6 +6,7 @@ use std::process::{Command, ExitCode};
 mod bench;
 mod conformance_matrix;
 mod demo;
+mod fuzz;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -13,6 +14,7 @@ tasks:
   ci            fmt check, clippy -D warnings, every test, docs (what CI runs)
   conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
+  fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
   bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md";
 
 /// The frameworks, in matrix order. An adapter is present when its example
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
         "ci" => ci(),
         "conformance" => conformance_matrix::run(rest),
         "demo" => demo::run(rest),
+        "fuzz" => fuzz::run_target(rest),
         "bench" => bench::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
@@ -160,6 +163,8 @@ fn ci() -> Result<(), String> {
         "cargo test -p sticky-core --no-default-features --lib",
         core_minimal,
     )?;
+
+    fuzz::check()?;
 
     let mut doc = cargo();
     doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
