@@ -78,12 +78,49 @@ impl<T: RequestView + ?Sized> RequestView for &T {
 mod http_impls {
     use super::*;
 
+    use http::HeaderName;
+    use http::header;
+
+    static COOKIE: HeaderName = header::COOKIE;
+    static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+    static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
+    static PREFLIGHT: HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
+    static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
+    static REPLAY_FAILED: HeaderName = HeaderName::from_static("fly-replay-failed");
+    static UNAVAILABLE: HeaderName = HeaderName::from_static("fly-preferred-instance-unavailable");
+    static REPLAY_CACHE: HeaderName = HeaderName::from_static("fly-replay-cache-status");
+    static CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+
+    /// The headers of [`crate::READ_HEADERS`], parsed once. Looking a header
+    /// up by `&str` makes `http` validate and lowercase the name on every
+    /// call, a quarter of the Stick path; a `HeaderName` is hashed at once.
+    pub(super) fn known(name: &str) -> Option<&'static HeaderName> {
+        Some(match name {
+            "cookie" => &COOKIE,
+            "x-forwarded-proto" => &FORWARDED_PROTO,
+            "content-length" => &CONTENT_LENGTH,
+            "transfer-encoding" => &TRANSFER_ENCODING,
+            "access-control-request-method" => &PREFLIGHT,
+            "fly-replay-src" => &REPLAY_SRC,
+            "fly-replay-failed" => &REPLAY_FAILED,
+            "fly-preferred-instance-unavailable" => &UNAVAILABLE,
+            "fly-replay-cache-status" => &REPLAY_CACHE,
+            "fly-client-ip" => &CLIENT_IP,
+            _ => return None,
+        })
+    }
+
     fn each_value<'a>(
         map: &'a http::HeaderMap,
         name: &str,
         each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
     ) {
-        for value in map.get_all(name) {
+        let values = match known(name) {
+            Some(known) => map.get_all(known),
+            None => map.get_all(name),
+        };
+        for value in values {
             if each(value.as_bytes()).is_break() {
                 break;
             }
@@ -174,3 +211,16 @@ mod http_impls {
 
 #[cfg(feature = "http")]
 pub use http_impls::HttpView;
+
+#[cfg(all(test, feature = "http"))]
+mod tests {
+    #[test]
+    fn every_header_the_engine_reads_is_pre_parsed() {
+        for name in crate::READ_HEADERS {
+            let known = super::http_impls::known(name);
+            assert_eq!(known.map(|h| h.as_str()), Some(name), "{name}");
+        }
+        assert!(super::http_impls::known("x-tenant-id").is_none());
+        assert!(super::http_impls::known("Cookie").is_none());
+    }
+}
