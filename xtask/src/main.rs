@@ -7,6 +7,7 @@ mod bench;
 mod conformance_matrix;
 mod demo;
 mod fuzz;
+mod soak;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -15,7 +16,8 @@ tasks:
   conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
   fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
-  bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md";
+  bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md
+  soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md";
 
 /// The frameworks, in matrix order. An adapter is present when its example
 /// package exists in the workspace.
@@ -31,6 +33,7 @@ fn main() -> ExitCode {
         "demo" => demo::run(rest),
         "fuzz" => fuzz::run_target(rest),
         "bench" => bench::run(rest),
+        "soak" => soak::run(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

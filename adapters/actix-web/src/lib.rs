@@ -78,7 +78,7 @@
 //!
 //! # Draining on shutdown
 //!
-//! Fly sends `SIGTERM` before stopping a Machine. Turn drain on (requests
+//! Fly sends a signal before stopping a Machine. Turn drain on (requests
 //! pinned here are then replayed elsewhere with `elsewhere=true`), keep
 //! serving for a grace period, then stop the server gracefully. Disable
 //! actix-web's own signal handling so that it does not stop at once:
@@ -118,6 +118,11 @@
 //! # }
 //! ```
 //!
+//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
+//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
+//! `examples/actix-web` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
+//! once); `examples/actix-web/tests/shutdown.rs` checks it on the running binary.
+//!
 //! # Skipping requests
 //!
 //! Path globs, methods and a predicate over the request view are configured
@@ -137,8 +142,15 @@
 //! - A WebSocket upgrade that must be replayed gets the replay status
 //!   (307 by default), never `101`; actix-web then answers with
 //!   `connection: close`, which Fly's proxy handles.
-//! - The request body is never read by the middleware. When a request is
-//!   answered without running the handler, actix-web discards its body.
+//! - A replay is answered once the request's body has been read and dropped
+//!   (at most 1 MB: larger bodies are never replayed): a server that answers
+//!   early and closes the connection with the body unread resets it, and the
+//!   proxy can lose the answer (RFC 9112, section 9.6). Other short-circuits
+//!   leave the body to actix-web. An upgrade request's payload (the upgraded
+//!   stream) is never read.
+//! - While the engine drains, every answer closes its connection
+//!   (`Connection: close`), so that no kept-alive connection from the proxy
+//!   is still open, and reused, at the instant the server exits.
 //!
 //! [actix-web]: https://actix.rs
 #![forbid(unsafe_code)]
@@ -151,14 +163,15 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use actix_web::Error;
-use actix_web::HttpResponse;
 use actix_web::body::EitherBody;
-use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
-use actix_web::http::StatusCode;
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform, forward_ready};
 use actix_web::http::header::{CACHE_CONTROL, HeaderMap, HeaderName, HeaderValue, SET_COOKIE};
+use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::{HttpMessage, HttpResponse};
+use futures_util::StreamExt;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, RequestView, SetCookie, ShortCircuit};
+use sticky_core::{Decision, MAX_REPLAY_BODY, RequestView, SetCookie, ShortCircuit};
 
 /// A predicate that exempts a request from stickiness.
 ///
@@ -284,21 +297,54 @@ where
     forward_ready!(service);
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
-        if self.skip.skip(&req) {
-            return StickyFuture::inner(self.service.call(req), None);
-        }
-        match self.sticky.decide(&View(&req)) {
-            Decision::Stick(_) => StickyFuture::inner(self.service.call(req), None),
-            Decision::SetCookie(cookie, _) => {
-                StickyFuture::inner(self.service.call(req), Some(cookie))
+        // While draining, every answer closes its connection (see the crate docs).
+        let close = self.sticky.is_draining();
+        let kind = if self.skip.skip(&req) {
+            Kind::Inner {
+                future: self.service.call(req),
+                cookie: None,
             }
-            Decision::Replay(reply, _) | Decision::Refuse(reply, _) => StickyFuture {
-                kind: Kind::Ready {
+        } else {
+            match self.sticky.decide(&View(&req)) {
+                Decision::Stick(_) => Kind::Inner {
+                    future: self.service.call(req),
+                    cookie: None,
+                },
+                Decision::SetCookie(cookie, _) => Kind::Inner {
+                    future: self.service.call(req),
+                    cookie: Some(cookie),
+                },
+                Decision::Replay(reply, _) if declares_body(req.headers()) => {
+                    // Read the body (at most 1 MB: larger ones are never
+                    // replayed) before answering: closing a connection with
+                    // its body unread resets it, and the proxy can lose the
+                    // answer.
+                    let mut req = req;
+                    let payload = req.take_payload();
+                    Kind::Drain {
+                        payload,
+                        read: 0,
+                        response: Some(short_circuit(req, &reply)),
+                    }
+                }
+                Decision::Replay(reply, _) | Decision::Refuse(reply, _) => Kind::Ready {
                     response: ready(Ok(short_circuit(req, &reply))),
                 },
-            },
-        }
+            }
+        };
+        StickyFuture { kind, close }
     }
+}
+
+/// Whether the request declares a body (`Content-Length` above 0). A replay
+/// never has one of unknown length (row 6), and an upgrade request has none
+/// (its payload is the upgraded stream: never read it here).
+fn declares_body(headers: &HeaderMap) -> bool {
+    headers
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// Answers `req` with the short-circuit (status, headers, empty body),
@@ -368,6 +414,7 @@ pin_project! {
     pub struct StickyFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
+        close: bool,
     }
 }
 
@@ -376,14 +423,7 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F, cookie: Option<SetCookie> },
         Ready { #[pin] response: Ready<Result<ServiceResponse<EitherBody<B>>, Error>> },
-    }
-}
-
-impl<F, B> StickyFuture<F, B> {
-    fn inner(future: F, cookie: Option<SetCookie>) -> Self {
-        Self {
-            kind: Kind::Inner { future, cookie },
-        }
+        Drain { payload: Payload, read: u64, response: Option<ServiceResponse<EitherBody<B>>> },
     }
 }
 
@@ -394,7 +434,8 @@ where
     type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let mut response = match this.kind.project() {
             KindProj::Inner { future, cookie } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
                 if let Some(cookie) = cookie.take() {
@@ -402,10 +443,38 @@ where
                     let has_cache_control = headers.contains_key(CACHE_CONTROL);
                     append(headers, cookie.headers(has_cache_control));
                 }
-                Poll::Ready(Ok(response.map_into_left_body()))
+                response.map_into_left_body()
             }
-            KindProj::Ready { response } => response.poll(cx),
+            KindProj::Ready { response } => std::task::ready!(response.poll(cx))?,
+            KindProj::Drain {
+                payload,
+                read,
+                response,
+            } => {
+                while *read <= MAX_REPLAY_BODY {
+                    match std::task::ready!(payload.poll_next_unpin(cx)) {
+                        Some(Ok(chunk)) => *read += chunk.len() as u64,
+                        None | Some(Err(_)) => break,
+                    }
+                }
+                match response.take() {
+                    Some(response) => response,
+                    None => {
+                        return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
+                            "StickyFuture polled after completion",
+                        )));
+                    }
+                }
+            }
+        };
+        if *this.close {
+            // actix-web writes the Connection header from the connection type.
+            response
+                .response_mut()
+                .head_mut()
+                .set_connection_type(ConnectionType::Close);
         }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -32,6 +32,12 @@
 //! Put the layer outermost (last `.layer(...)` call) so that nothing runs
 //! before the decision: a replayed request must not have side effects here.
 //!
+//! A replay is answered once the request's body has been read and dropped
+//! (at most 1 MB: larger bodies are never replayed). A server that answers
+//! early and closes the connection with the body unread resets it, and the
+//! proxy can lose the answer (RFC 9112, section 9.6); read, the connection
+//! stays usable.
+//!
 //! # Draining on shutdown
 //!
 //! Fly sends a signal before stopping a Machine. Turn drain on, keep serving
@@ -53,6 +59,16 @@
 //! # }
 //! ```
 //!
+//! While draining, every answer carries `Connection: close`: the proxy's
+//! kept-alive connections to this Machine are closed one by one, so that none
+//! is still open, and reused by the proxy, at the instant the server exits
+//! (a request sent on a connection as it closes fails).
+//!
+//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
+//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
+//! `examples/axum` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
+//! once); `examples/axum/tests/shutdown.rs` checks it on the running binary.
+//!
 //! # Skipping requests
 //!
 //! Path globs, methods and a predicate over the request view are configured
@@ -66,10 +82,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Buf;
 use http::{Request, Response};
+use http_body::Body;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, SetCookie, Sticky};
+use sticky_core::{Decision, MAX_REPLAY_BODY, SetCookie, Sticky};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -162,6 +180,7 @@ impl<S, P, ReqB, ResB> Service<Request<ReqB>> for StickyService<S, P>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
     P: Skip<ReqB>,
+    ReqB: Body + Send + 'static,
     ResB: Default,
 {
     type Response = Response<ResB>;
@@ -173,20 +192,36 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        if self.skip.skip(&req) {
-            return ResponseFuture::inner(self.inner.call(req), None);
-        }
-        match self.sticky.decide(&req) {
-            Decision::Stick(_) => ResponseFuture::inner(self.inner.call(req), None),
-            Decision::SetCookie(cookie, _) => {
-                ResponseFuture::inner(self.inner.call(req), Some(cookie))
+        // While draining, every answer closes its connection (see the crate docs).
+        let close = self.sticky.is_draining();
+        let kind = if self.skip.skip(&req) {
+            Kind::Inner {
+                future: self.inner.call(req),
+                cookie: None,
             }
-            Decision::Replay(reply, _) | Decision::Refuse(reply, _) => ResponseFuture {
-                kind: Kind::Ready {
+        } else {
+            match self.sticky.decide(&req) {
+                Decision::Stick(_) => Kind::Inner {
+                    future: self.inner.call(req),
+                    cookie: None,
+                },
+                Decision::SetCookie(cookie, _) => Kind::Inner {
+                    future: self.inner.call(req),
+                    cookie: Some(cookie),
+                },
+                Decision::Replay(reply, _) if declares_body(req.headers()) => Kind::Drain {
+                    body: Some(Box::pin(DrainBody {
+                        body: req.into_body(),
+                        read: 0,
+                    })),
                     response: Some(reply.to_response()),
                 },
-            },
-        }
+                Decision::Replay(reply, _) | Decision::Refuse(reply, _) => Kind::Ready {
+                    response: Some(reply.to_response()),
+                },
+            }
+        };
+        ResponseFuture { kind, close }
     }
 }
 
@@ -195,6 +230,7 @@ pin_project! {
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
+        close: bool,
     }
 }
 
@@ -203,13 +239,47 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F, cookie: Option<SetCookie> },
         Ready { response: Option<Response<B>> },
+        Drain { body: Option<Pin<Box<dyn Future<Output = ()> + Send>>>, response: Option<Response<B>> },
     }
 }
 
-impl<F, B> ResponseFuture<F, B> {
-    fn inner(future: F, cookie: Option<SetCookie>) -> Self {
-        Self {
-            kind: Kind::Inner { future, cookie },
+/// Whether the request declares a body (`Content-Length` above 0). A replay
+/// never has one of unknown length (row 6), and an upgrade request has none.
+fn declares_body(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+pin_project! {
+    /// Reads a request body to its end (or to [`MAX_REPLAY_BODY`] bytes, or
+    /// an error) and drops it.
+    struct DrainBody<B> {
+        #[pin]
+        body: B,
+        read: u64,
+    }
+}
+
+impl<B: Body> Future for DrainBody<B> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut this = self.project();
+        loop {
+            match std::task::ready!(this.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        *this.read += data.remaining() as u64;
+                    }
+                    if *this.read > MAX_REPLAY_BODY {
+                        return Poll::Ready(());
+                    }
+                }
+                None | Some(Err(_)) => return Poll::Ready(()),
+            }
         }
     }
 }
@@ -221,17 +291,34 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let mut response = match this.kind.project() {
             KindProj::Inner { future, cookie } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
                 if let Some(cookie) = cookie.take() {
                     cookie.apply(response.headers_mut());
                 }
-                Poll::Ready(Ok(response))
+                response
             }
-            KindProj::Ready { response } => Poll::Ready(Ok(response
+            KindProj::Ready { response } => response
                 .take()
-                .expect("ResponseFuture polled after completion"))),
+                .expect("ResponseFuture polled after completion"),
+            KindProj::Drain { body, response } => {
+                if let Some(drain) = body {
+                    std::task::ready!(drain.as_mut().poll(cx));
+                    *body = None;
+                }
+                response
+                    .take()
+                    .expect("ResponseFuture polled after completion")
+            }
+        };
+        if *this.close {
+            response.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
         }
+        Poll::Ready(Ok(response))
     }
 }

@@ -13,7 +13,13 @@
 //!   **without running the endpoint**, so Fly's proxy replays the request to
 //!   the Machine the user is pinned to. WebSocket upgrade requests get the
 //!   same answer (never a `101`): the endpoint, and so the upgrade, never
-//!   runs.
+//!   runs. The answer is sent once the request's body has been read and
+//!   dropped (at most 1 MB: larger bodies are never replayed), so that the
+//!   connection is not reset under the proxy's feet (RFC 9112, section 9.6).
+//!
+//! While the engine drains, every answer carries `Connection: close`, so that
+//! no kept-alive connection from the proxy is still open (and reused) at the
+//! instant the server exits.
 //!
 //! The adapter holds no decision logic; every rule (cookie attributes,
 //! excluded paths, body limits, draining) is configured on the engine
@@ -111,7 +117,7 @@
 //!
 //! # Draining on shutdown
 //!
-//! When a Machine is about to stop (Fly sends `SIGTERM`), call
+//! When a Machine is about to stop (Fly sends a signal), call
 //! [`sticky_core::Sticky::drain`] on a clone of the engine: from then on new
 //! and pinned-here requests are answered with `fly-replay: elsewhere=true`
 //! and the proxy moves them, and their users, to another Machine. Keep
@@ -154,6 +160,11 @@
 //! }
 //! ```
 //!
+//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
+//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
+//! `examples/poem` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
+//! once); `examples/poem/tests/binary.rs` checks it on the running binary.
+//!
 //! # Features
 //!
 //! - `signed`: HMAC-signed cookies (`sticky-core/signed`).
@@ -163,7 +174,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, ResponseParts};
-use sticky_core::{Decision, HttpView, ShortCircuit};
+use sticky_core::{Decision, HttpView, MAX_REPLAY_BODY, ShortCircuit};
 
 pub use sticky_core;
 
@@ -304,6 +315,23 @@ impl<E: Endpoint, P: Skip> Endpoint for StickyEndpoint<E, P> {
     type Output = Response;
 
     async fn call(&self, req: Request) -> poem::Result<Response> {
+        // While draining, every answer closes its connection: the proxy's
+        // kept-alive connections are closed one by one, so none is reused
+        // at the instant the server exits.
+        let close = self.sticky.is_draining();
+        let mut resp = self.answer(req).await?;
+        if close {
+            resp.headers_mut().insert(
+                poem::http::header::CONNECTION,
+                poem::http::HeaderValue::from_static("close"),
+            );
+        }
+        Ok(resp)
+    }
+}
+
+impl<E: Endpoint, P: Skip> StickyEndpoint<E, P> {
+    async fn answer(&self, req: Request) -> poem::Result<Response> {
         if self.skip.skip(&req) {
             return self.inner.call(req).await.map(IntoResponse::into_response);
         }
@@ -320,9 +348,28 @@ impl<E: Endpoint, P: Skip> Endpoint for StickyEndpoint<E, P> {
                 cookie.apply(resp.headers_mut());
                 Ok(resp)
             }
+            Decision::Replay(answer, _) if declares_body(req.headers()) => {
+                // Read the body (at most 1 MB: larger ones are never replayed)
+                // before answering: closing a connection with its body unread
+                // resets it, and the proxy can lose the answer.
+                let mut req = req;
+                let limit = usize::try_from(MAX_REPLAY_BODY).unwrap_or(usize::MAX);
+                let _ = req.take_body().into_bytes_limit(limit).await;
+                Ok(short_circuit(&answer))
+            }
             Decision::Replay(answer, _) | Decision::Refuse(answer, _) => Ok(short_circuit(&answer)),
         }
     }
+}
+
+/// Whether the request declares a body (`Content-Length` above 0). A replay
+/// never has one of unknown length (row 6), and an upgrade request has none.
+fn declares_body(headers: &poem::http::HeaderMap) -> bool {
+    headers
+        .get(poem::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// The answer sent instead of running the endpoint: status, headers, empty body.

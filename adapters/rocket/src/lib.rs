@@ -98,11 +98,18 @@
 //!   engine: the request counts as carrying no cookie, is served here and
 //!   pinned here.
 //! - Rocket's own data limits still apply to handlers; the engine never reads
-//!   a body (it only looks at `Content-Length` and `Transfer-Encoding`).
+//!   a body (it only looks at `Content-Length` and `Transfer-Encoding`). The
+//!   internal route answers a replay once the request's body has been read
+//!   and dropped (at most 1 MB: larger bodies are never replayed): a server
+//!   that answers early and closes the connection with the body unread
+//!   resets it, and the proxy can lose the answer (RFC 9112, section 9.6).
+//! - While the engine drains, `on_response` adds `Connection: close` to every
+//!   answer, so that no kept-alive connection from the proxy is still open,
+//!   and reused, at the instant the server exits.
 //!
 //! # Draining on shutdown
 //!
-//! When Fly stops a Machine it sends `SIGTERM`. Call
+//! When Fly stops a Machine it sends a signal first. Call
 //! [`sticky_core::Sticky::drain`] then: pinned-here and new requests are
 //! replayed with `fly-replay: elsewhere=true` (and re-pinned by the Machine
 //! that receives them), while requests that cannot move are still served.
@@ -155,6 +162,11 @@
 //!     Ok(())
 //! }
 //! ```
+//!
+//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
+//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
+//! `examples/rocket` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
+//! once); `examples/rocket/tests/binary.rs` checks it on the running binary.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -165,7 +177,7 @@ use rocket::http::uri::Origin;
 use rocket::http::{Header, Method, Status};
 use rocket::route::{Handler, Outcome};
 use rocket::{Build, Data, Request, Response, Rocket, Route};
-use sticky_core::{Decision, RequestView, ShortCircuit};
+use sticky_core::{Decision, MAX_REPLAY_BODY, RequestView, ShortCircuit};
 
 pub use sticky_core;
 
@@ -296,6 +308,12 @@ impl Fairing for Sticky {
     }
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
+        // While draining, every answer closes its connection: the proxy's
+        // kept-alive connections are closed one by one, so none is reused
+        // at the instant the server exits.
+        if self.engine.is_draining() {
+            res.set_raw_header("Connection", "close");
+        }
         let Some(set_cookie) = Stash::get(req).and_then(Decision::set_cookie) else {
             return;
         };
@@ -316,11 +334,37 @@ struct ShortCircuitRoute;
 #[rocket::async_trait]
 impl Handler for ShortCircuitRoute {
     async fn handle<'r>(&self, req: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
-        match Stash::get(req).and_then(Decision::short_circuit) {
-            Some(short_circuit) => Outcome::Success(respond(short_circuit)),
-            None => Outcome::forward(data, Status::NotFound),
+        let Some(decision) = Stash::get(req) else {
+            return Outcome::forward(data, Status::NotFound);
+        };
+        match decision {
+            Decision::Replay(short_circuit, _) if declares_body(req) => {
+                // Read the body (at most 1 MB: larger ones are never replayed)
+                // before answering: closing a connection with its body unread
+                // resets it, and the proxy can lose the answer.
+                let _ = data
+                    .open(rocket::data::ByteUnit::from(MAX_REPLAY_BODY))
+                    .stream_to(rocket::tokio::io::sink())
+                    .await;
+                Outcome::Success(respond(short_circuit))
+            }
+            Decision::Replay(short_circuit, _) | Decision::Refuse(short_circuit, _) => {
+                Outcome::Success(respond(short_circuit))
+            }
+            Decision::Stick(_) | Decision::SetCookie(..) => {
+                Outcome::forward(data, Status::NotFound)
+            }
         }
     }
+}
+
+/// Whether the request declares a body (`Content-Length` above 0). A replay
+/// never has one of unknown length (row 6), and an upgrade request has none.
+fn declares_body(req: &Request<'_>) -> bool {
+    req.headers()
+        .get_one("content-length")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
 }
 
 /// The short-circuit as a Rocket response: status, headers, empty body.

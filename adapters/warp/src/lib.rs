@@ -62,6 +62,14 @@
 //! yours may come before `.with(...)` (it then sees nothing of the wrapper)
 //! or after it.
 //!
+//! A replay is answered once the request's body has been read and dropped
+//! (at most 1 MB: larger bodies are never replayed): a server that answers
+//! early and closes the connection with the body unread resets it, and the
+//! proxy can lose the answer (RFC 9112, section 9.6). While the engine
+//! drains, every reply carries `Connection: close`, so that no kept-alive
+//! connection from the proxy is still open, and reused, at the instant the
+//! server exits.
+//!
 //! # What the wrapper reads
 //!
 //! warp offers no filter that borrows the whole request, and cloning the
@@ -103,10 +111,9 @@
 //!
 //! # Draining on shutdown
 //!
-//! Fly sends a signal (SIGTERM by default) before stopping a Machine. Turn
-//! drain on, keep serving for a grace period (requests pinned here are
-//! replayed elsewhere with `elsewhere=true`), then shut down gracefully with
-//! warp's `graceful`:
+//! Fly sends a signal before stopping a Machine. Turn drain on, keep serving
+//! for a grace period (requests pinned here are replayed elsewhere with
+//! `elsewhere=true`), then shut down gracefully with warp's `graceful`:
 //!
 //! ```no_run
 //! # use warp::Filter;
@@ -126,6 +133,11 @@
 //! # }
 //! ```
 //!
+//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
+//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
+//! `examples/warp` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
+//! once); `examples/warp/tests/shutdown.rs` checks it on the running binary.
+//!
 //! [`Builder::header_source`]: sticky_core::Builder::header_source
 //! [`Builder::skip_if`]: sticky_core::Builder::skip_if
 //! [`Builder::cookie_name`]: sticky_core::Builder::cookie_name
@@ -139,14 +151,17 @@ use std::future::{Ready, ready};
 use std::ops::ControlFlow;
 use std::str::FromStr;
 
+use futures_util::{Stream, StreamExt};
 pub use sticky_core;
-use sticky_core::{DEFAULT_COOKIE_NAME, Decision, RequestView, SetCookie, ShortCircuit, Sticky};
+use sticky_core::{
+    DEFAULT_COOKIE_NAME, Decision, MAX_REPLAY_BODY, RequestView, SetCookie, ShortCircuit, Sticky,
+};
 use warp::filters::BoxedFilter;
 use warp::filters::path::FullPath;
 use warp::http::{HeaderValue, Method};
 use warp::reject::{Reject, Rejection};
 use warp::reply::{Reply, Response};
-use warp::{Filter, any};
+use warp::{Buf, Filter, any};
 
 /// The headers the core's built-in rules read, fetched for every request
 /// (first field only; see [`COOKIE`] for the rest of the cookies). The
@@ -273,8 +288,33 @@ impl StickyWrap {
         R: Reply + 'static,
     {
         let sticky = self.sticky.clone();
-        let gate = head(self.extra()).and_then(move |head: Head| ready(gate(&sticky, &head)));
-        F::Error::then(gate, routes).recover(recover).unify()
+        let decide = head(self.extra()).and_then(move |head: Head| ready(gate(&sticky, &head)));
+        // A replay is answered once the body is read: `decide` rejects, so
+        // `or` tries this branch, which decides again (only for
+        // short-circuits of requests with a body) and takes the body only
+        // for a replay.
+        let sticky = self.sticky.clone();
+        let drain = head(self.extra())
+            .and_then(move |head: Head| ready(replay_only(&sticky, &head)))
+            .and(warp::body::stream())
+            .and_then(drain_then_answer);
+        let gate = decide.or(drain).unify();
+        // While draining, every answer closes its connection: the proxy's
+        // kept-alive connections are closed one by one, so none is reused at
+        // the instant the server exits.
+        let sticky = self.sticky.clone();
+        F::Error::then(gate, routes)
+            .recover(recover)
+            .unify()
+            .map(move |mut res: Response| {
+                if sticky.is_draining() {
+                    res.headers_mut().insert(
+                        warp::http::header::CONNECTION,
+                        HeaderValue::from_static("close"),
+                    );
+                }
+                res
+            })
     }
 
     /// Fetches the configured extra headers and cookies.
@@ -414,6 +454,51 @@ fn gate(sticky: &Sticky, head: &Head) -> Result<Option<SetCookie>, Rejection> {
             Err(warp::reject::custom(ShortCircuited(sc)))
         }
     }
+}
+
+/// Not a replay: the draining branch of the gate does not apply.
+#[derive(Debug)]
+struct NotReplayed;
+
+impl Reject for NotReplayed {}
+
+/// The replay to answer, if the decision is one and the request declares a
+/// body (`Content-Length` above 0: a replay never has one of unknown length,
+/// row 6, and an upgrade request has none).
+fn replay_only(sticky: &Sticky, head: &Head) -> Result<ShortCircuit, Rejection> {
+    let mut length = None;
+    head.header_values("content-length", &mut |v| {
+        length = std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        ControlFlow::Break(())
+    });
+    if length.is_none_or(|n| n == 0) {
+        return Err(warp::reject::custom(NotReplayed));
+    }
+    match sticky.decide(head) {
+        Decision::Replay(sc, _) => Ok(sc),
+        _ => Err(warp::reject::custom(NotReplayed)),
+    }
+}
+
+/// Reads the body to its end (at most 1 MB: larger ones are never
+/// replayed), then rejects with the replay. Closing a connection with its
+/// body unread resets it, and the proxy can lose the answer.
+async fn drain_then_answer<S, B>(sc: ShortCircuit, body: S) -> Result<Option<SetCookie>, Rejection>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    let mut body = std::pin::pin!(body);
+    let mut read = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.remaining() as u64;
+        if read > MAX_REPLAY_BODY {
+            break;
+        }
+    }
+    Err(warp::reject::custom(ShortCircuited(sc)))
 }
 
 /// Turns only our own rejection into its response; every other rejection

@@ -261,6 +261,125 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
+/// Like a proxy with a keep-alive connection to a Machine: sends `POST
+/// /upload` with a `Content-Length` body of `len` bytes and `headers`, the
+/// head first and then the body in slices with pauses (as a body arrives over
+/// a network), reads the answer, then sends `GET /health` on the same
+/// connection. Returns both answers; `Err` says where the connection broke.
+///
+/// A server that answers before reading the body and then closes the
+/// connection with the body unread resets it, and a proxy may lose the
+/// answer (RFC 9112, section 9.6): the second exchange fails then.
+pub async fn upload_then_reuse(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    len: usize,
+) -> Result<(Response, Response), String> {
+    tokio::time::timeout(IO_TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut head =
+            format!("POST /upload HTTP/1.1\r\nhost: app.test\r\ncontent-length: {len}\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("writing the head: {e}"))?;
+        let slices = 8;
+        for i in 0..slices {
+            tokio::time::sleep(Duration::from_millis(15)).await;
+            let n = len / slices + if i == slices - 1 { len % slices } else { 0 };
+            stream.write_all(&vec![b'b'; n]).await.map_err(|e| {
+                format!("the connection broke while the body was being sent (slice {i}): {e}")
+            })?;
+        }
+        let first = read_one(&mut stream)
+            .await
+            .map_err(|e| format!("reading the answer to the upload: {e}"))?;
+        stream
+            .write_all(b"GET /health HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("the connection broke after the answer to the upload: {e}"))?;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let second = parse(&raw, false).map_err(|e| {
+            format!("no answer to a second request on the same connection after the upload's ({e})")
+        })?;
+        Ok((first, second))
+    })
+    .await
+    .map_err(|_| "the keep-alive exchange timed out".to_owned())?
+}
+
+/// Sends `GET <target>` (with `headers`) on a new connection without asking
+/// for it to be closed, reads the answer, and tells whether the server then
+/// closed the connection at once (within 2 s, shorter than the idle timeout
+/// of any framework here) or kept it open.
+pub async fn get_keep_alive(
+    addr: SocketAddr,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<(Response, bool), String> {
+    tokio::time::timeout(IO_TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let mut head = format!("GET {target} HTTP/1.1\r\nhost: app.test\r\n");
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let res = read_one(&mut stream).await?;
+        let mut buf = [0u8; 64];
+        let closed = match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await
+        {
+            Ok(Ok(0) | Err(_)) => true,
+            Ok(Ok(_)) => return Err("bytes after the answer".to_owned()),
+            Err(_) => false,
+        };
+        Ok((res, closed))
+    })
+    .await
+    .map_err(|_| format!("GET {target} on a kept-alive connection timed out"))?
+}
+
+/// Reads exactly one response (a `Content-Length` body, or none) from a
+/// keep-alive connection.
+async fn read_one(stream: &mut TcpStream) -> Result<Response, String> {
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = parse(&raw[..end + 4], true)?;
+            let len: usize = head
+                .one("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while raw.len() < end + 4 + len {
+                let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err("the connection closed in the middle of the body".to_owned());
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            return parse(&raw[..end + 4 + len], false);
+        }
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the connection closed before an answer".to_owned());
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// One simulated user: a cookie jar for our cookie, as a browser keeps it.
 #[derive(Clone, Debug, Default)]
 pub struct Client {
@@ -280,6 +399,109 @@ impl Client {
             self.cookie = Some(pin);
         }
         Ok(res)
+    }
+}
+
+/// What one WebSocket session through [`Client::websocket`] saw.
+#[derive(Clone, Debug)]
+pub struct WsSession {
+    /// The handshake's response: `101` (headers only) when the upgrade was
+    /// accepted, else the refusal as sent.
+    pub handshake: Response,
+    /// One reply per message sent, in order (empty when refused).
+    pub replies: Vec<String>,
+}
+
+impl Client {
+    /// Opens a WebSocket to `path` with the jar's cookie (as a browser sends
+    /// it on a handshake), stores a pin the handshake sets, sends each of
+    /// `messages` and reads one text reply to each, then closes. A refused
+    /// upgrade is `Ok` with no replies; a broken connection is `Err`.
+    pub async fn websocket(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        messages: &[String],
+    ) -> Result<WsSession, String> {
+        let session = tokio::time::timeout(
+            IO_TIMEOUT,
+            websocket_session(addr, path, self.cookie.as_deref(), messages),
+        )
+        .await
+        .map_err(|_| format!("websocket {path} timed out"))??;
+        if let Some(pin) = session.handshake.pinned_to() {
+            self.cookie = Some(pin);
+        }
+        Ok(session)
+    }
+}
+
+fn ws_response(parts: &tungstenite::http::response::Parts, body: Vec<u8>) -> Response {
+    Response {
+        status: parts.status.as_u16(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(n, v)| {
+                (
+                    n.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    }
+}
+
+async fn websocket_session(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    messages: &[String],
+) -> Result<WsSession, String> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let mut request =
+        tungstenite::client::IntoClientRequest::into_client_request(format!("ws://{addr}{path}"))
+            .map_err(|e| format!("ws request: {e}"))?;
+    if let Some(cookie) = cookie {
+        let value = format!("{}={cookie}", sticky_core::DEFAULT_COOKIE_NAME);
+        request.headers_mut().insert(
+            "cookie",
+            value.parse().map_err(|e| format!("cookie header: {e}"))?,
+        );
+    }
+    match tokio_tungstenite::client_async(request, stream).await {
+        Ok((mut ws, res)) => {
+            let (parts, ()) = res.map(|_| ()).into_parts();
+            let handshake = ws_response(&parts, Vec::new());
+            let mut replies = Vec::with_capacity(messages.len());
+            for text in messages {
+                ws.send(Message::text(text.as_str()))
+                    .await
+                    .map_err(|e| format!("ws send: {e}"))?;
+                let reply = loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(t))) => break t.as_str().to_owned(),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => return Err(format!("ws read: {e}")),
+                        None => return Err("ws closed before the echo".to_owned()),
+                    }
+                };
+                replies.push(reply);
+            }
+            let _ = ws.close(None).await;
+            Ok(WsSession { handshake, replies })
+        }
+        Err(tungstenite::Error::Http(res)) => {
+            let (parts, body) = res.into_parts();
+            Ok(WsSession {
+                handshake: ws_response(&parts, body.unwrap_or_default()),
+                replies: Vec::new(),
+            })
+        }
+        Err(e) => Err(format!("ws handshake: {e}")),
     }
 }
 

@@ -13,7 +13,9 @@ use sticky_core::{Env, Peer, PeerSet};
 
 use crate::TENANT_HEADER;
 
-use crate::client::{Client, Request, Response, send, websocket_echo};
+use crate::client::{
+    Client, Request, Response, get_keep_alive, send, upload_then_reuse, websocket_echo,
+};
 use crate::deploy::{Deploy, Drain};
 
 /// Another Machine's ID, used to pin requests elsewhere in direct scenarios.
@@ -462,6 +464,37 @@ pub(crate) fn all() -> Vec<Scenario> {
             }
         ),
         scenario!(
+            "upload-replay-reads-the-body",
+            Direct,
+            "a POST pinned elsewhere is answered once its body is read: the connection stays usable, so a proxy gets the replay",
+            |ctx| {
+                with_single(ctx, |_, addr, me| {
+                    Box::pin(async move {
+                        let before = handled(addr, me).await?;
+                        let cookie = format!("{}={OTHER}", sticky_core::DEFAULT_COOKIE_NAME);
+                        let (first, second) =
+                            upload_then_reuse(addr, &[("cookie", &cookie)], 256 * 1024).await?;
+                        expect_replay(
+                            &first,
+                            &format!("prefer_instance={OTHER}"),
+                            "POST /upload, 256 KiB",
+                        )?;
+                        ensure!(
+                            second.status == 200 && second.text() == "ok",
+                            "the next request on the connection: {}",
+                            second.summary()
+                        );
+                        ensure!(
+                            handled(addr, me).await? == before + 1,
+                            "the replayed upload ran the handler"
+                        );
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        ),
+        scenario!(
             "large-upload-served-here",
             Direct,
             "a 2 MB upload pinned elsewhere cannot be replayed: it is served here, not re-pinned",
@@ -676,6 +709,51 @@ pub(crate) fn all() -> Vec<Scenario> {
                             "/health while draining: {}",
                             health.summary()
                         );
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        ),
+        scenario!(
+            "drain-closes-connections",
+            Direct,
+            "while draining, every answer (replays and served requests) closes its kept-alive connection; before, connections stay open",
+            |ctx| {
+                with_single(ctx, |cluster, addr, me| {
+                    Box::pin(async move {
+                        let cookie = format!("{}={me}", sticky_core::DEFAULT_COOKIE_NAME);
+                        let (res, closed) = get_keep_alive(addr, "/", &[("cookie", &cookie)]).await?;
+                        ensure!(
+                            res.status == 200 && !closed,
+                            "before draining, a served request keeps its connection: {} (closed: {closed})",
+                            res.summary()
+                        );
+                        cluster.drain(me)?;
+                        // A process drains on SIGTERM: give it a moment to see the signal.
+                        for _ in 0..50 {
+                            if send(addr, &Request::get("/").cookie(me)).await?.status == 307 {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        for (target, headers, status) in [
+                            ("/", vec![("cookie", cookie.as_str())], 307),
+                            ("/", Vec::new(), 307),
+                            ("/health", Vec::new(), 200),
+                        ] {
+                            let (res, closed) = get_keep_alive(addr, target, &headers).await?;
+                            ensure!(
+                                res.status == status,
+                                "GET {target} while draining: {}",
+                                res.summary()
+                            );
+                            ensure!(
+                                closed && res.one("connection") == Some("close"),
+                                "GET {target} while draining: the connection stays open: {}",
+                                res.summary()
+                            );
+                        }
                         Ok(())
                     })
                 })

@@ -8,6 +8,7 @@
 //! | `POST /machines/<id>/stop` | stop it |
 //! | `POST /machines/<id>/start` | start it |
 //! | `POST /machines/<id>/destroy` | destroy it |
+//! | `POST /machines/<id>/signal?signal=SIGTERM` | send it a signal (default `SIGTERM`); it stays in the rotation |
 //! | `GET /events` | JSON list of recorded events |
 //! | `GET /report` | the per-Machine table as text |
 
@@ -23,6 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use crate::Signal;
 use crate::body::{self, ProxyBody};
 use crate::sim::Shared;
 
@@ -101,10 +103,23 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                 "stop" => shared.stop_machine(id).await,
                 "start" => shared.start_machine(id).await,
                 "destroy" => shared.destroy_machine(id).await,
+                "signal" => {
+                    let requested = req
+                        .uri()
+                        .query()
+                        .unwrap_or_default()
+                        .split('&')
+                        .find_map(|pair| pair.strip_prefix("signal="))
+                        .unwrap_or("SIGTERM");
+                    match requested.parse::<Signal>() {
+                        Ok(signal) => shared.signal_machine(id, signal).await,
+                        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+                    }
+                }
                 _ => {
                     return error(
                         StatusCode::NOT_FOUND,
-                        format!("unknown action {action:?} (stop, start or destroy)"),
+                        format!("unknown action {action:?} (stop, start, destroy or signal)"),
                     );
                 }
             };

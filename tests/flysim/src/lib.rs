@@ -5,8 +5,10 @@
 //! front of them: it balances requests across started Machines, adds the request
 //! headers Fly adds, honours the client routing headers, follows `fly-replay`
 //! responses (header and JSON forms) with Fly's validation and limits, starts
-//! stopped Machines on demand, and lets Machines be stopped, started, destroyed and
-//! added while traffic flows (from code or from a small admin HTTP interface).
+//! stopped Machines on demand, and lets Machines be stopped (killed, or signalled
+//! and given a kill timeout as Fly does), started, destroyed, added and sent
+//! signals (a `SIGTERM` to make an app drain) while traffic flows (from code or
+//! from a small admin HTTP interface).
 //! It counts, per Machine, the responses served, replays sent and replays received,
 //! and records every proxy decision worth checking as an [`Event`].
 //!
@@ -44,6 +46,11 @@
 //! - Balancing (round-robin or random) over started Machines; stopped Machines are
 //!   started when a request is routed to them (after [`Config::cold_start`]), and one
 //!   is started when none is running.
+//! - Stopping like Fly ([`Config::kill_signal`], [`Config::kill_timeout`]): the
+//!   Machine leaves the rotation, its process gets the signal and is killed if it
+//!   outlives the timeout; [`FlySim::signal_machine`] signals a Machine that stays
+//!   in the rotation (an app's drain), and a process that exits leaves its
+//!   Machine stopped.
 //! - Request headers: `Fly-Client-IP`, `Fly-Region`, `Fly-Request-Id`,
 //!   `Fly-Forwarded-Port`, `X-Forwarded-For`, `X-Forwarded-Proto`,
 //!   `X-Forwarded-Port`, `X-Forwarded-Ssl`, `Via`. Client-sent `fly-replay-src`,
@@ -78,6 +85,7 @@ mod sim;
 pub use events::{Event, EventKind};
 pub use machine::{
     ChildOutput, Instance, Launch, LaunchFn, LaunchFuture, MachineEnv, MachineInfo, MachineState,
+    Signal,
 };
 pub use sim::FlySim;
 
@@ -138,6 +146,17 @@ pub struct Config {
     pub log_requests: bool,
     /// What happens to child processes' output. Default prefixed.
     pub child_output: ChildOutput,
+    /// How a child process is stopped when its Machine is stopped or destroyed
+    /// (Fly's `kill_signal`): `None` kills it at once (SIGKILL, like
+    /// `fly machine kill`); `Some(signal)` sends that signal and waits up to
+    /// [`Config::kill_timeout`] for the process to exit before killing it, as
+    /// Fly stops Machines (Fly's default is `SIGINT`). Either way the Machine
+    /// leaves the proxy's rotation at once. Shutting flysim down always kills.
+    /// In-process instances are stopped with their stop hook. Default `None`.
+    pub kill_signal: Option<Signal>,
+    /// How long a stopping child process may take to exit after
+    /// [`Config::kill_signal`] (Fly's `kill_timeout`). Default 5 s.
+    pub kill_timeout: Duration,
 }
 
 impl Default for Config {
@@ -159,6 +178,8 @@ impl Default for Config {
             quiet: false,
             log_requests: false,
             child_output: ChildOutput::Prefixed,
+            kill_signal: None,
+            kill_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -243,6 +264,16 @@ impl Config {
     /// Sets [`Config::child_output`].
     pub fn child_output(mut self, output: ChildOutput) -> Self {
         self.child_output = output;
+        self
+    }
+    /// Sets [`Config::kill_signal`].
+    pub fn kill_signal(mut self, signal: Option<Signal>) -> Self {
+        self.kill_signal = signal;
+        self
+    }
+    /// Sets [`Config::kill_timeout`].
+    pub fn kill_timeout(mut self, d: Duration) -> Self {
+        self.kill_timeout = d;
         self
     }
 }

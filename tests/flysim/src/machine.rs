@@ -6,7 +6,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::process::Stdio;
+use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -100,7 +102,80 @@ pub struct MachineInfo {
     pub fallbacks_received: u64,
     /// How many times this Machine has been started (initial start included).
     pub starts: u64,
+    /// Idempotent requests sent again on a new connection because a kept-alive
+    /// connection to this Machine closed before any answer (see the proxy docs).
+    pub retries: u64,
 }
+
+/// A Unix signal flysim can send to a Machine (Fly's Machines API
+/// `POST /machines/<id>/signal`, and the `kill_signal` of a stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum Signal {
+    /// `SIGHUP`.
+    Hup,
+    /// `SIGINT`: Fly's default `kill_signal`.
+    Int,
+    /// `SIGQUIT`.
+    Quit,
+    /// `SIGTERM`: what most servers treat as "shut down gracefully".
+    Term,
+    /// `SIGUSR1`.
+    Usr1,
+    /// `SIGUSR2`.
+    Usr2,
+    /// `SIGKILL`.
+    Kill,
+}
+
+impl Signal {
+    /// The conventional name, e.g. `SIGTERM`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
+            Signal::Term => "SIGTERM",
+            Signal::Usr1 => "SIGUSR1",
+            Signal::Usr2 => "SIGUSR2",
+            Signal::Kill => "SIGKILL",
+        }
+    }
+
+    const ALL: [Signal; 7] = [
+        Signal::Hup,
+        Signal::Int,
+        Signal::Quit,
+        Signal::Term,
+        Signal::Usr1,
+        Signal::Usr2,
+        Signal::Kill,
+    ];
+}
+
+impl fmt::Display for Signal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Signal {
+    type Err = String;
+
+    /// `SIGTERM`, `TERM` or `term` (and the same for the other signals).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let upper = s.trim().to_ascii_uppercase();
+        let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+        Signal::ALL
+            .into_iter()
+            .find(|sig| &sig.as_str()[3..] == name)
+            .ok_or_else(|| {
+                format!("unknown signal {s:?} (SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2 or SIGKILL)")
+            })
+    }
+}
+
+/// The hook an in-process instance gets signals with.
+type SignalHook = Arc<dyn Fn(Signal) + Send + Sync>;
 
 enum Stopper {
     Hook(Box<dyn FnOnce() + Send>),
@@ -110,10 +185,59 @@ enum Stopper {
     },
 }
 
+/// How a signal reaches a running instance.
+#[derive(Clone)]
+pub(crate) enum Signaller {
+    /// An in-process instance's hook.
+    Hook(SignalHook),
+    /// A child process, unless it has exited.
+    Process { pid: u32, exited: Arc<AtomicBool> },
+    /// An in-process instance without a hook.
+    Unsupported,
+}
+
+impl Signaller {
+    /// Delivers `signal`.
+    pub(crate) async fn send(&self, signal: Signal) -> io::Result<()> {
+        match self {
+            Signaller::Hook(hook) => {
+                hook(signal);
+                Ok(())
+            }
+            Signaller::Process { pid, exited } => {
+                if exited.load(Ordering::SeqCst) {
+                    return Err(io::Error::other(format!("process {pid} has exited")));
+                }
+                // `kill` rather than libc: no unsafe code in this crate.
+                let status = tokio::process::Command::new("kill")
+                    .args(["-s", &signal.as_str()[3..], &pid.to_string()])
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await?;
+                if status.success() {
+                    Ok(())
+                } else {
+                    Err(io::Error::other(format!(
+                        "kill -s {} {pid} failed ({status})",
+                        &signal.as_str()[3..]
+                    )))
+                }
+            }
+            Signaller::Unsupported => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this in-process instance takes no signals (see Instance::on_signal)",
+            )),
+        }
+    }
+}
+
 /// A running app instance: one Machine's process or in-process server.
 pub struct Instance {
     addr: SocketAddr,
     stopper: Option<Stopper>,
+    signaller: Signaller,
 }
 
 impl Instance {
@@ -123,12 +247,26 @@ impl Instance {
         Instance {
             addr,
             stopper: Some(Stopper::Hook(Box::new(stop))),
+            signaller: Signaller::Unsupported,
         }
+    }
+
+    /// Lets [`FlySim::signal_machine`](crate::FlySim::signal_machine) reach this
+    /// in-process instance: `hook` is called with each signal sent to it (a child
+    /// process gets real signals without this).
+    pub fn on_signal(mut self, hook: impl Fn(Signal) + Send + Sync + 'static) -> Self {
+        self.signaller = Signaller::Hook(Arc::new(hook));
+        self
     }
 
     /// The address the instance listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// How signals reach this instance.
+    pub(crate) fn signaller(&self) -> Signaller {
+        self.signaller.clone()
     }
 
     /// Stops the instance and waits for a child process to be gone.
@@ -140,6 +278,28 @@ impl Instance {
                 let _ = done.await;
             }
             None => {}
+        }
+    }
+
+    /// Stops the instance as Fly stops a Machine: a child process gets `signal`
+    /// and `timeout` to exit before it is killed. In-process instances are
+    /// stopped with their stop hook, as by [`Instance::stop`].
+    pub(crate) async fn stop_gracefully(mut self, signal: Signal, timeout: Duration) {
+        let signaller = self.signaller();
+        match self.stopper.take() {
+            Some(Stopper::Child { kill, mut done }) => {
+                if signaller.send(signal).await.is_ok()
+                    && tokio::time::timeout(timeout, &mut done).await.is_ok()
+                {
+                    return;
+                }
+                let _ = kill.send(());
+                let _ = done.await;
+            }
+            other => {
+                self.stopper = other;
+                self.stop().await;
+            }
         }
     }
 }
@@ -160,6 +320,10 @@ impl fmt::Debug for Instance {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Instance")
             .field("addr", &self.addr)
+            .field(
+                "signals",
+                &!matches!(self.signaller, Signaller::Unsupported),
+            )
             .finish()
     }
 }
@@ -181,6 +345,8 @@ pub enum Launch {
         program: String,
         /// Its arguments.
         args: Vec<String>,
+        /// Extra environment variables (see [`Launch::env`]).
+        env: Vec<(String, String)>,
     },
     /// In-process: the closure gets the [`MachineEnv`] (with `port = 0`: bind
     /// `127.0.0.1:0` yourself) and returns the running [`Instance`].
@@ -205,17 +371,30 @@ impl Launch {
         Launch::Command {
             program: program.into(),
             args: args.into_iter().map(Into::into).collect(),
+            env: Vec::new(),
         }
+    }
+
+    /// Adds an environment variable for every child process of a command
+    /// launcher (e.g. an app's own settings); in-process launchers ignore it.
+    /// `FLY_MACHINE_ID`, `PORT` and the other [`MachineEnv::vars`] cannot be
+    /// overridden this way.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        if let Launch::Command { env, .. } = &mut self {
+            env.push((key.into(), value.into()));
+        }
+        self
     }
 }
 
 impl fmt::Debug for Launch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Launch::Command { program, args } => f
+            Launch::Command { program, args, env } => f
                 .debug_struct("Command")
                 .field("program", program)
                 .field("args", args)
+                .field("env", env)
                 .finish(),
             Launch::InProcess(_) => f.write_str("InProcess(..)"),
         }
@@ -253,6 +432,7 @@ pub(crate) type ExitCallback = Box<dyn FnOnce(String) + Send>;
 pub(crate) async fn spawn_command(
     program: &str,
     args: &[String],
+    extra_env: &[(String, String)],
     mut env: MachineEnv,
     output: ChildOutput,
     ready_timeout: Duration,
@@ -265,6 +445,7 @@ pub(crate) async fn spawn_command(
     env.port = port;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
+        .envs(extra_env.iter().map(|(k, v)| (k, v)))
         .envs(env.vars())
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -297,12 +478,16 @@ pub(crate) async fn spawn_command(
         ));
     }
 
+    let pid = child.id();
+    let exited = Arc::new(AtomicBool::new(false));
     let (kill_tx, kill_rx) = oneshot::channel::<()>();
     let (done_tx, done_rx) = oneshot::channel::<()>();
     let (exit_tx, mut exit_rx) = oneshot::channel::<String>();
+    let exited_flag = exited.clone();
     tokio::spawn(async move {
         tokio::select! {
             status = child.wait() => {
+                exited_flag.store(true, Ordering::SeqCst);
                 let text = match status {
                     Ok(s) => s.to_string(),
                     Err(e) => e.to_string(),
@@ -315,6 +500,7 @@ pub(crate) async fn spawn_command(
             }
             _ = kill_rx => {
                 let _ = child.kill().await;
+                exited_flag.store(true, Ordering::SeqCst);
             }
         }
         let _ = done_tx.send(());
@@ -325,6 +511,10 @@ pub(crate) async fn spawn_command(
             kill: kill_tx,
             done: done_rx,
         }),
+        signaller: match pid {
+            Some(pid) => Signaller::Process { pid, exited },
+            None => Signaller::Unsupported,
+        },
     };
 
     let deadline = tokio::time::Instant::now() + ready_timeout;

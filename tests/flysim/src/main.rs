@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use flysim::{Balance, ChildOutput, Config, FlySim, Launch};
+use flysim::{Balance, ChildOutput, Config, FlySim, Launch, Signal};
 
 /// Run a command as N simulated Fly.io Machines behind a local imitation of Fly's
 /// HTTP proxy (fly-replay, autostart, per-Machine counts).
@@ -49,6 +49,14 @@ struct Args {
     /// How long each child may take to accept connections, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     ready_timeout_ms: u64,
+    /// Signal a stopped or destroyed Machine's process gets before it is killed
+    /// (Fly's kill_signal, e.g. SIGINT or SIGTERM); without it, it is killed at once.
+    #[arg(long)]
+    kill_signal: Option<Signal>,
+    /// How long a signalled process may take to exit before it is killed, in
+    /// milliseconds (Fly's kill_timeout).
+    #[arg(long, default_value_t = 5000)]
+    kill_timeout_ms: u64,
     /// X-Forwarded-Proto sent to the Machines.
     #[arg(long, default_value = "https")]
     forwarded_proto: String,
@@ -103,6 +111,8 @@ async fn main() -> ExitCode {
         cold_start: Duration::from_millis(args.cold_start_ms),
         dead_target_delay: Duration::from_millis(args.dead_target_delay_ms),
         ready_timeout: Duration::from_millis(args.ready_timeout_ms),
+        kill_signal: args.kill_signal,
+        kill_timeout: Duration::from_millis(args.kill_timeout_ms),
         // Errors are reported through tracing below.
         quiet: true,
         log_requests: args.log_requests,

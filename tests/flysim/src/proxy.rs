@@ -167,6 +167,32 @@ fn error_chain(e: &dyn StdError) -> String {
     s
 }
 
+/// Whether a failed exchange got no answer at all because the connection
+/// was closed or reset under it (as opposed to a malformed answer).
+fn no_answer(e: &(dyn StdError + 'static)) -> bool {
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
 fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_bytes(s.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
@@ -809,13 +835,9 @@ impl Shared {
         }
     }
 
-    /// Sends one delivery of the request over `conn`.
-    async fn send(
-        &self,
-        ctx: &mut Ctx,
-        conn: Conn,
-        extra: &HeaderMap,
-    ) -> Result<Response<Incoming>, SendError> {
+    /// One delivery of the request: its body (a fresh copy when buffered),
+    /// the forwarded headers plus `extra`.
+    fn build(&self, ctx: &mut Ctx, extra: &HeaderMap) -> Result<Request<ProxyBody>, SendError> {
         let body = ctx.body.take().ok_or(SendError::BodyUsed)?;
         let mut headers = ctx.headers.clone();
         for (name, value) in extra {
@@ -825,6 +847,25 @@ impl Shared {
         *req.method_mut() = ctx.method.clone();
         *req.version_mut() = Version::HTTP_11;
         *req.headers_mut() = headers;
+        Ok(req)
+    }
+
+    /// Sends one delivery of the request over `conn`.
+    ///
+    /// A pooled (kept-alive) connection can be closed by the Machine just as
+    /// a request is sent on it (it shuts down, or it closes idle
+    /// connections): the request fails with no answer, though the Machine
+    /// never read it. Like proxies do, and as HTTP allows for idempotent
+    /// methods (RFC 9110, section 9.2.2), such a request is sent once more on
+    /// a new connection when its method is idempotent and its body buffered;
+    /// any other request fails (a 502).
+    async fn send(
+        &self,
+        ctx: &mut Ctx,
+        conn: Conn,
+        extra: &HeaderMap,
+    ) -> Result<Response<Incoming>, SendError> {
+        let mut req = self.build(ctx, extra)?;
         let stream = match conn {
             Conn::Pool(addr) if !ctx.is_upgrade => {
                 let uri = Uri::builder()
@@ -834,32 +875,81 @@ impl Shared {
                     .build()
                     .map_err(|e| SendError::Other(e.to_string()))?;
                 *req.uri_mut() = uri;
-                return self.client.request(req).await.map_err(|e| {
-                    if e.is_connect() {
-                        SendError::Connect(error_chain(&e))
-                    } else {
-                        SendError::Other(error_chain(&e))
-                    }
-                });
+                let e = match self.client.request(req).await {
+                    Ok(resp) => return Ok(resp),
+                    Err(e) if e.is_connect() => return Err(SendError::Connect(error_chain(&e))),
+                    Err(e) => e,
+                };
+                if !(ctx.method.is_idempotent() && ctx.body.replayable() && no_answer(&e)) {
+                    return Err(SendError::Other(error_chain(&e)));
+                }
+                self.note_retry(ctx, addr, &e);
+                req = self.build(ctx, extra)?;
+                let stream = TcpStream::connect(addr)
+                    .await
+                    .map_err(|e| SendError::Connect(e.to_string()))?;
+                return self
+                    .send_on(stream, req, &ctx.pq)
+                    .await
+                    .map_err(|e| SendError::Other(error_chain(&e)));
             }
             Conn::Pool(addr) => TcpStream::connect(addr)
                 .await
                 .map_err(|e| SendError::Connect(e.to_string()))?,
             Conn::Stream(stream) => stream,
         };
-        // A dedicated connection (upgrades, or a connection made under a timeout).
-        let _ = stream.set_nodelay(true);
-        *req.uri_mut() = Uri::from(ctx.pq.clone());
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        // A dedicated connection (upgrades, or a connection made under a
+        // timeout): a Machine closing its listener can reset it before reading
+        // the request; an idempotent one is sent again as above.
+        let addr = stream.peer_addr().ok();
+        let e = match self.send_on(stream, req, &ctx.pq).await {
+            Ok(resp) => return Ok(resp),
+            Err(e) => e,
+        };
+        let Some(addr) =
+            addr.filter(|_| ctx.method.is_idempotent() && ctx.body.replayable() && no_answer(&e))
+        else {
+            return Err(SendError::Other(error_chain(&e)));
+        };
+        self.note_retry(ctx, addr, &e);
+        let req = self.build(ctx, extra)?;
+        let stream = TcpStream::connect(addr)
             .await
-            .map_err(|e| SendError::Other(error_chain(&e)))?;
+            .map_err(|e| SendError::Connect(e.to_string()))?;
+        self.send_on(stream, req, &ctx.pq)
+            .await
+            .map_err(|e| SendError::Other(error_chain(&e)))
+    }
+
+    /// Logs and counts a request sent again on a new connection.
+    fn note_retry(&self, ctx: &Ctx, addr: SocketAddr, e: &(dyn StdError + 'static)) {
+        tracing::info!(
+            request_id = %ctx.request_id,
+            "sending {} {} again on a new connection to {addr}: {}",
+            ctx.method,
+            ctx.pq,
+            error_chain(e)
+        );
+        if let Some(id) = self.id_at(addr) {
+            self.count(&id, Counter::Retry);
+        }
+    }
+
+    /// Sends `req` on its own new connection (upgrades are kept going).
+    async fn send_on(
+        &self,
+        stream: TcpStream,
+        mut req: Request<ProxyBody>,
+        pq: &PathAndQuery,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        let _ = stream.set_nodelay(true);
+        *req.uri_mut() = Uri::from(pq.clone());
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = connection.with_upgrades().await;
         });
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| SendError::Other(error_chain(&e)))
+        sender.send_request(req).await
     }
 
     /// Whether a Machine's response is a replay instruction, and which.

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::body::ProxyBody;
 use crate::events::{Event, EventKind};
-use crate::machine::{self, Instance, Launch, MachineEnv, MachineInfo, MachineState};
+use crate::machine::{self, Instance, Launch, MachineEnv, MachineInfo, MachineState, Signal};
 use crate::proxy::ConnInfo;
 use crate::{Balance, Config};
 
@@ -34,6 +34,7 @@ struct Counters {
     replays_received: u64,
     fallbacks_received: u64,
     starts: u64,
+    retries: u64,
 }
 
 struct Slot {
@@ -53,6 +54,7 @@ pub(crate) enum Counter {
     ReplaySent,
     ReplayReceived,
     FallbackReceived,
+    Retry,
 }
 
 /// Where a Machine stands, for routing.
@@ -172,8 +174,17 @@ impl Shared {
                 Counter::ReplaySent => c.replays_sent += 1,
                 Counter::ReplayReceived => c.replays_received += 1,
                 Counter::FallbackReceived => c.fallbacks_received += 1,
+                Counter::Retry => c.retries += 1,
             }
         }
+    }
+
+    /// The started Machine listening on `addr`, if any.
+    pub(crate) fn id_at(&self, addr: SocketAddr) -> Option<String> {
+        lock(&self.slots)
+            .iter()
+            .find(|s| s.addr == Some(addr))
+            .map(|s| s.id.clone())
     }
 
     pub(crate) fn lookup(&self, id: &str) -> Lookup {
@@ -200,6 +211,7 @@ impl Shared {
                 replays_received: s.counters.replays_received,
                 fallbacks_received: s.counters.fallbacks_received,
                 starts: s.counters.starts,
+                retries: s.counters.retries,
             })
             .collect()
     }
@@ -342,7 +354,11 @@ impl Shared {
         };
         let launched = match &self.launch {
             Launch::InProcess(f) => f(env).await,
-            Launch::Command { program, args } => {
+            Launch::Command {
+                program,
+                args,
+                env: extra_env,
+            } => {
                 let weak = self.weak.clone();
                 let exit_id = id.to_owned();
                 let on_exit: machine::ExitCallback = Box::new(move |status| {
@@ -353,6 +369,7 @@ impl Shared {
                 machine::spawn_command(
                     program,
                     args,
+                    extra_env,
                     env,
                     self.config.child_output,
                     self.config.ready_timeout,
@@ -463,7 +480,24 @@ impl Shared {
             (slot.instance.take(), was)
         };
         if let Some(instance) = instance {
-            instance.stop().await;
+            match self.config.kill_signal {
+                Some(signal) => {
+                    self.record(
+                        EventKind::Lifecycle,
+                        None,
+                        None,
+                        Some(id),
+                        format!(
+                            "Machine {id} is stopping: {signal}, killed if still running after {:?}",
+                            self.config.kill_timeout
+                        ),
+                    );
+                    instance
+                        .stop_gracefully(signal, self.config.kill_timeout)
+                        .await;
+                }
+                None => instance.stop().await,
+            }
         }
         if was != to {
             let verb = if to == MachineState::Destroyed {
@@ -479,6 +513,30 @@ impl Shared {
                 format!("Machine {id} {verb}"),
             );
         }
+        Ok(())
+    }
+
+    pub(crate) async fn signal_machine(&self, id: &str, signal: Signal) -> io::Result<()> {
+        let signaller = {
+            let slots = lock(&self.slots);
+            let slot = slots
+                .iter()
+                .find(|s| s.id == id)
+                .ok_or_else(|| not_found(id))?;
+            match (&slot.instance, slot.state) {
+                (Some(instance), MachineState::Started) => instance.signaller(),
+                (_, MachineState::Destroyed) => return Err(destroyed(id)),
+                _ => return Err(io::Error::other(format!("Machine {id} is not running"))),
+            }
+        };
+        signaller.send(signal).await?;
+        self.record(
+            EventKind::Lifecycle,
+            None,
+            None,
+            Some(id),
+            format!("Machine {id} was sent {signal}"),
+        );
         Ok(())
     }
 
@@ -661,8 +719,11 @@ impl FlySim {
         self.shared.machines().into_iter().map(|m| m.id).collect()
     }
 
-    /// Stops a Machine: its instance is stopped (stop hook called, child killed);
-    /// it keeps its ID and is started again by a request routed to it or by
+    /// Stops a Machine: it leaves the proxy's rotation at once and its instance
+    /// is stopped (stop hook called; a child is killed, or with
+    /// [`Config::kill_signal`] sent that signal and given
+    /// [`Config::kill_timeout`] to exit, and this waits for it); it keeps its
+    /// ID and is started again by a request routed to it or by
     /// [`FlySim::start_machine`]. Stopping a stopped Machine does nothing.
     pub async fn stop_machine(&self, id: &str) -> io::Result<()> {
         self.shared.stop_machine(id).await
@@ -674,10 +735,20 @@ impl FlySim {
         self.shared.start_machine(id).await
     }
 
-    /// Destroys a Machine: its instance is stopped and it is never started again;
-    /// routing treats its ID as unknown.
+    /// Destroys a Machine: routing treats its ID as unknown at once, its instance
+    /// is stopped as by [`FlySim::stop_machine`], and it is never started again.
     pub async fn destroy_machine(&self, id: &str) -> io::Result<()> {
         self.shared.destroy_machine(id).await
+    }
+
+    /// Sends `signal` to a started Machine's process (or to the hook an
+    /// in-process instance set with [`Instance::on_signal`]), like Fly's
+    /// `POST /machines/<id>/signal`. The Machine's state does not change: it
+    /// stays in the proxy's rotation; if the process then exits on its own,
+    /// the Machine becomes stopped (and is autostarted by the next request
+    /// routed to it). Use it to trigger an app's drain (`SIGTERM`).
+    pub async fn signal_machine(&self, id: &str, signal: Signal) -> io::Result<()> {
+        self.shared.signal_machine(id, signal).await
     }
 
     /// Adds a new Machine (new random ID), starts it and returns its ID.

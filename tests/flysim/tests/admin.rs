@@ -126,3 +126,30 @@ async fn report_lists_every_machine_with_counters() {
     assert!(lines[4].starts_with("total"));
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn admin_sends_signals() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    let ids = sim.machine_ids();
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/signal", ids[0])).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(m["state"], "started");
+    let path = format!("/machines/{}/signal?signal=usr1", ids[1]);
+    assert_eq!(admin(&sim, "POST", &path).await.0, 200);
+    assert_eq!(
+        app.signals(),
+        vec![
+            (ids[0].clone(), flysim::Signal::Term),
+            (ids[1].clone(), flysim::Signal::Usr1)
+        ]
+    );
+    let path = format!("/machines/{}/signal?signal=SIGNOPE", ids[1]);
+    let (status, body) = admin(&sim, "POST", &path).await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("unknown signal"));
+    sim.stop_machine(&ids[2]).await.unwrap();
+    let path = format!("/machines/{}/signal", ids[2]);
+    assert_eq!(admin(&sim, "POST", &path).await.0, 409);
+    sim.shutdown().await;
+}

@@ -7,17 +7,22 @@ mod common;
 
 use std::convert::Infallible;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{config, get, get_with};
-use flysim::{ChildOutput, FlySim, Launch, MachineState};
+use flysim::{ChildOutput, FlySim, Launch, MachineState, Signal};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-/// The child app (only does something when run by flysim).
+/// The child app (only does something when run by flysim). `GET /slow`
+/// answers after 1 s; `GET /inflight` counts the `/slow` requests being
+/// served. On SIGTERM it answers with `term=1` from then on and exits after
+/// `CHILD_TERM_EXIT_MS` (default: at once), unless `CHILD_IGNORE_TERM` is set.
 #[test]
 #[ignore = "helper: the child process that the command tests run as a Machine"]
 fn child_app() {
@@ -26,38 +31,73 @@ fn child_app() {
     };
     let env = |k: &str| std::env::var(k).unwrap_or_default();
     let text = format!(
-        "machine={machine} alloc={} app={} region={} port={}",
+        "machine={machine} alloc={} app={} region={} port={} extra={}",
         env("FLY_ALLOC_ID"),
         env("FLY_APP_NAME"),
         env("FLY_REGION"),
-        env("PORT")
+        env("PORT"),
+        env("CHILD_EXTRA"),
     );
     let port: u16 = env("PORT").parse().expect("PORT");
+    let term_exit = Duration::from_millis(env("CHILD_TERM_EXIT_MS").parse().unwrap_or(0));
+    let ignore_term = !env("CHILD_IGNORE_TERM").is_empty();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async move {
+        let termed = Arc::new(AtomicBool::new(false));
+        let inflight = Arc::new(AtomicUsize::new(0));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        let on_term = termed.clone();
+        tokio::spawn(async move {
+            term.recv().await;
+            on_term.store(true, Ordering::SeqCst);
+            if !ignore_term {
+                tokio::time::sleep(term_exit).await;
+                std::process::exit(0);
+            }
+            std::future::pending::<()>().await;
+        });
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
         loop {
             let (stream, _) = listener.accept().await.unwrap();
             let text = text.clone();
+            let termed = termed.clone();
+            let inflight = inflight.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let text = text.clone();
+                    let termed = termed.clone();
+                    let inflight = inflight.clone();
                     async move {
-                        if req.uri().path() == "/exit" {
-                            tokio::spawn(async {
-                                tokio::time::sleep(Duration::from_millis(50)).await;
-                                std::process::exit(0);
-                            });
-                            return Ok::<_, Infallible>(http::Response::new(Full::new(
-                                Bytes::from("bye"),
-                            )));
+                        let reply = |s: String| {
+                            Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from(s))))
+                        };
+                        match req.uri().path() {
+                            "/exit" => {
+                                tokio::spawn(async {
+                                    tokio::time::sleep(Duration::from_millis(50)).await;
+                                    std::process::exit(0);
+                                });
+                                return reply("bye".to_owned());
+                            }
+                            "/slow" => {
+                                inflight.fetch_add(1, Ordering::SeqCst);
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                inflight.fetch_sub(1, Ordering::SeqCst);
+                                return reply("slow done".to_owned());
+                            }
+                            "/inflight" => {
+                                return reply(inflight.load(Ordering::SeqCst).to_string());
+                            }
+                            _ => {}
                         }
-                        Ok(http::Response::new(Full::new(Bytes::from(text))))
+                        let term = u8::from(termed.load(Ordering::SeqCst));
+                        reply(format!("{text} term={term}"))
                     }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -157,6 +197,129 @@ async fn a_child_that_exits_leaves_its_machine_stopped() {
     let resp = get(&sim.url()).await;
     assert_eq!(resp.status, 200);
     assert_eq!(sim.machine(&id).unwrap().starts, 2);
+    sim.shutdown().await;
+}
+
+/// Polls until `id` is in `state` (the test's own timeout bounds it).
+async fn wait_state(sim: &FlySim, id: &str, state: MachineState) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while sim.machine(id).unwrap().state != state {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("Machine {id} never became {state}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signalled_machine_stays_in_rotation_until_its_process_exits() {
+    let cfg = config().machines(1).child_output(ChildOutput::Null);
+    let launch = child_launch()
+        .env("CHILD_EXTRA", "from-launch")
+        .env("CHILD_TERM_EXIT_MS", "500");
+    let sim = FlySim::start(cfg, launch).await.unwrap();
+    let id = sim.machine_ids()[0].clone();
+    let f = parse(&get(&sim.url()).await.text());
+    assert_eq!(field(&f, "extra"), "from-launch");
+    assert_eq!(field(&f, "term"), "0");
+
+    sim.signal_machine(&id, Signal::Term).await.unwrap();
+    // Still started and still served by the same process, which saw SIGTERM.
+    let addr = sim.machine(&id).unwrap().addr.unwrap();
+    let mut seen_term = false;
+    for _ in 0..200 {
+        let resp = get(&format!("http://{addr}/")).await;
+        if field(&parse(&resp.text()), "term") == "1" {
+            seen_term = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen_term, "the process never saw SIGTERM");
+    // It exits on its own: the Machine is stopped, then autostarted again.
+    wait_state(&sim, &id, MachineState::Stopped).await;
+    assert!(
+        sim.events()
+            .iter()
+            .any(|e| e.message.contains("was sent SIGTERM"))
+    );
+    let f = parse(&get(&sim.url()).await.text());
+    assert_eq!(field(&f, "term"), "0");
+    assert_eq!(sim.machine(&id).unwrap().starts, 2);
+    // Signals reach only running Machines.
+    sim.destroy_machine(&id).await.unwrap();
+    assert!(sim.signal_machine(&id, Signal::Term).await.is_err());
+    assert!("nope".parse::<Signal>().is_err());
+    assert_eq!("term".parse::<Signal>(), Ok(Signal::Term));
+    assert_eq!("SIGUSR1".parse::<Signal>(), Ok(Signal::Usr1));
+    sim.shutdown().await;
+}
+
+/// Starts a `/slow` request through the proxy and waits until the Machine is
+/// serving it.
+async fn slow_request_in_flight(sim: &FlySim, id: &str) -> tokio::task::JoinHandle<common::Resp> {
+    let url = format!("{}/slow", sim.url());
+    let id_owned = id.to_owned();
+    let request =
+        tokio::spawn(async move { get_with(&url, &[("fly-force-instance-id", &id_owned)]).await });
+    let addr = sim.machine(id).unwrap().addr.unwrap();
+    loop {
+        if get(&format!("http://{addr}/inflight")).await.text() == "1" {
+            return request;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_lets_requests_in_flight_finish() {
+    let cfg = config()
+        .machines(2)
+        .child_output(ChildOutput::Null)
+        .kill_signal(Some(Signal::Term))
+        .kill_timeout(Duration::from_secs(20));
+    // On SIGTERM the child exits after 1.5 s: the slow request (1 s) finishes.
+    let launch = child_launch().env("CHILD_TERM_EXIT_MS", "1500");
+    let sim = FlySim::start(cfg, launch).await.unwrap();
+    let ids = sim.machine_ids();
+    let old = sim.machine(&ids[0]).unwrap().addr.unwrap();
+    let slow = slow_request_in_flight(&sim, &ids[0]).await;
+    sim.destroy_machine(&ids[0]).await.unwrap();
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    assert_eq!(resp.text(), "slow done");
+    // destroy waited for the process to exit.
+    assert!(tokio::net::TcpStream::connect(old).await.is_err());
+    assert!(sim.events().iter().any(|e| e.message.contains("SIGTERM")));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_outlives_the_kill_timeout_is_killed() {
+    let cfg = config()
+        .machines(1)
+        .child_output(ChildOutput::Null)
+        .kill_signal(Some(Signal::Term))
+        .kill_timeout(Duration::from_millis(300));
+    let launch = child_launch().env("CHILD_IGNORE_TERM", "1");
+    let sim = FlySim::start(cfg, launch).await.unwrap();
+    let id = sim.machine_ids()[0].clone();
+    let old = sim.machine(&id).unwrap().addr.unwrap();
+    sim.stop_machine(&id).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(old).await.is_err());
+    assert_eq!(sim.machine(&id).unwrap().state, MachineState::Stopped);
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_kill_signal_a_stop_kills_requests_in_flight() {
+    let cfg = config().machines(2).child_output(ChildOutput::Null);
+    let sim = FlySim::start(cfg, child_launch()).await.unwrap();
+    let ids = sim.machine_ids();
+    let slow = slow_request_in_flight(&sim, &ids[0]).await;
+    sim.stop_machine(&ids[0]).await.unwrap();
+    let resp = slow.await.unwrap();
+    assert_eq!(resp.status, 502, "{}", resp.text());
     sim.shutdown().await;
 }
 

@@ -132,6 +132,7 @@ pub(crate) struct App {
     seen: Arc<Mutex<Vec<Seen>>>,
     envs: Arc<Mutex<Vec<MachineEnv>>>,
     stops: Arc<Mutex<Vec<String>>>,
+    signals: Arc<Mutex<Vec<(String, flysim::Signal)>>>,
     handler: Arc<Mutex<Handler>>,
 }
 
@@ -146,6 +147,7 @@ impl App {
             seen: Arc::default(),
             envs: Arc::default(),
             stops: Arc::default(),
+            signals: Arc::default(),
             handler: Arc::new(Mutex::new(Arc::new(handler))),
         }
     }
@@ -185,6 +187,11 @@ impl App {
         self.stops.lock().unwrap().clone()
     }
 
+    /// Signals sent to Machines (through `Instance::on_signal`), in order.
+    pub(crate) fn signals(&self) -> Vec<(String, flysim::Signal)> {
+        self.signals.lock().unwrap().clone()
+    }
+
     pub(crate) fn launch(&self) -> Launch {
         let app = self.clone();
         Launch::in_process(move |env: MachineEnv| {
@@ -201,10 +208,15 @@ impl App {
                     stop_rx,
                 ));
                 let stops = app.stops.clone();
+                let signals = app.signals.clone();
                 let id = env.machine_id;
+                let signalled = id.clone();
                 Ok(Instance::new(addr, move || {
                     stops.lock().unwrap().push(id);
                     let _ = stop_tx.send(true);
+                })
+                .on_signal(move |signal| {
+                    signals.lock().unwrap().push((signalled.clone(), signal));
                 }))
             }
         })

@@ -1,0 +1,338 @@
+//! `cargo xtask soak [--quick] [--clients N] [--requests N] [--think-ms N]
+//! [--drain-seconds N] [--seed N] [--write] [FRAMEWORK..]`: every example as 3 Machines (release
+//! binaries, real processes) behind flysim, under a mixed load of concurrent
+//! browser-like clients, while one Machine is destroyed, one is stopped then
+//! started, and one is drained.
+//!
+//! Per framework, in turn: flysim with 3 Machines of the example; `clients`
+//! tokio tasks, each a visitor with its own cookie jar, send `requests`
+//! requests in all (page loads, small uploads, uploads over 1 MB, chunked
+//! uploads, WebSocket sessions; see [`traffic`]); at fixed shares of the
+//! budget the faults of [`faults`] run. Every answer is checked (the Machine
+//! that served it, the byte count of an upload, every WebSocket echo) and the
+//! figures of [`metrics`] are printed. A full run with the defaults writes
+//! `RELIABILITY.md`; the task fails if a target is missed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use flysim::{ChildOutput, Config, EventKind, FlySim, Launch, Signal};
+
+use crate::{FRAMEWORKS, build_examples, root};
+
+mod faults;
+mod metrics;
+mod report;
+mod traffic;
+
+use metrics::{Fault, Figures};
+
+/// The sizes of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Options {
+    pub(crate) quick: bool,
+    pub(crate) clients: usize,
+    pub(crate) requests: usize,
+    /// Mean pause of a client between two requests, in milliseconds.
+    pub(crate) think_ms: u64,
+    /// `DRAIN_SECONDS` of every Machine: how long it keeps serving after SIGTERM.
+    pub(crate) drain_seconds: u64,
+    pub(crate) seed: u64,
+    pub(crate) frameworks: Vec<String>,
+    /// Write RELIABILITY.md even when this is not a full default run.
+    pub(crate) write: bool,
+}
+
+const FULL: (usize, usize) = (200, 20_000);
+const QUICK: (usize, usize) = (60, 6_000);
+const THINK_MS: u64 = 150;
+const DRAIN_SECONDS: u64 = 2;
+const SEED: u64 = 0x5eed_50a4;
+
+const USAGE: &str = "usage: cargo xtask soak [--quick] [--clients N] [--requests N] \
+                     [--think-ms N] [--drain-seconds N] [--seed N] [--write] [FRAMEWORK..]";
+
+impl Options {
+    pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
+        let mut quick = false;
+        let mut write = false;
+        let mut clients = None;
+        let mut requests = None;
+        let mut think_ms = THINK_MS;
+        let mut drain_seconds = DRAIN_SECONDS;
+        let mut seed = SEED;
+        let mut frameworks = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut number = |name: &str| -> Result<u64, String> {
+                it.next()
+                    .and_then(|v| v.replace('_', "").parse().ok())
+                    .ok_or_else(|| format!("{name} needs a number\n{USAGE}"))
+            };
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--write" => write = true,
+                "--clients" => clients = Some(number("--clients")? as usize),
+                "--requests" => requests = Some(number("--requests")? as usize),
+                "--think-ms" => think_ms = number("--think-ms")?,
+                "--drain-seconds" => drain_seconds = number("--drain-seconds")?,
+                "--seed" => seed = number("--seed")?,
+                fw if FRAMEWORKS.contains(&fw) => frameworks.push(fw.to_owned()),
+                other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
+            }
+        }
+        let (default_clients, default_requests) = if quick { QUICK } else { FULL };
+        let clients = clients.unwrap_or(default_clients);
+        let requests = requests.unwrap_or(default_requests);
+        if clients == 0 || requests < clients {
+            return Err(format!(
+                "need at least one client and as many requests as clients\n{USAGE}"
+            ));
+        }
+        if frameworks.is_empty() {
+            frameworks = FRAMEWORKS.iter().map(|f| (*f).to_owned()).collect();
+        }
+        Ok(Options {
+            quick,
+            clients,
+            requests,
+            think_ms,
+            drain_seconds,
+            seed,
+            frameworks,
+            write,
+        })
+    }
+
+    /// Whether this is the run RELIABILITY.md reports: full sizes, every framework.
+    fn is_full(&self) -> bool {
+        !self.quick
+            && (self.clients, self.requests) == FULL
+            && self.think_ms == THINK_MS
+            && self.drain_seconds == DRAIN_SECONDS
+            && self.frameworks.len() == FRAMEWORKS.len()
+    }
+
+    /// The command line that reproduces this run.
+    pub(crate) fn command(&self) -> String {
+        let mut cmd = "cargo xtask soak".to_owned();
+        if self.quick {
+            cmd.push_str(" --quick");
+        }
+        let defaults = if self.quick { QUICK } else { FULL };
+        if self.clients != defaults.0 {
+            let _ = write!(cmd, " --clients {}", self.clients);
+        }
+        if self.requests != defaults.1 {
+            let _ = write!(cmd, " --requests {}", self.requests);
+        }
+        if self.think_ms != THINK_MS {
+            let _ = write!(cmd, " --think-ms {}", self.think_ms);
+        }
+        if self.drain_seconds != DRAIN_SECONDS {
+            let _ = write!(cmd, " --drain-seconds {}", self.drain_seconds);
+        }
+        if self.seed != SEED {
+            let _ = write!(cmd, " --seed {}", self.seed);
+        }
+        if self.frameworks.len() != FRAMEWORKS.len() {
+            cmd.push(' ');
+            cmd.push_str(&self.frameworks.join(" "));
+        }
+        cmd
+    }
+}
+
+/// One framework's run.
+#[derive(Clone, Debug)]
+pub(crate) struct Run {
+    pub(crate) framework: String,
+    pub(crate) figures: Figures,
+    pub(crate) faults: Vec<Fault>,
+    /// From the first request to the last answer.
+    pub(crate) traffic_time: Duration,
+    /// Replays, as flysim counted them (every Machine, destroyed ones included).
+    pub(crate) replays: u64,
+    /// Fallback requests after failed replays.
+    pub(crate) fallbacks: u64,
+    /// Idempotent requests flysim sent again on a new connection.
+    pub(crate) retries: u64,
+    /// Final answers Machines gave through the proxy.
+    pub(crate) served: u64,
+    /// Errors the proxy itself answered with (PR04, PA01...), by code.
+    pub(crate) proxy_errors: Vec<String>,
+    /// Why the fault schedule could not complete, if it could not.
+    pub(crate) schedule_error: Option<String>,
+}
+
+impl Run {
+    pub(crate) fn replays_per_request(&self) -> f64 {
+        self.replays as f64 / self.figures.requests.max(1) as f64
+    }
+
+    pub(crate) fn met(&self) -> bool {
+        self.schedule_error.is_none() && self.figures.met()
+    }
+}
+
+pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let opts = Options::parse(args)?;
+    let began = Instant::now();
+    let info_start = report::MachineInfo::collect();
+    let wanted: Vec<&str> = opts.frameworks.iter().map(String::as_str).collect();
+    let binaries = build_examples(&wanted)?;
+    let build_time = began.elapsed();
+    if binaries.is_empty() {
+        return Err("no example to soak".to_owned());
+    }
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
+    let mut runs = Vec::new();
+    for (framework, binary) in &binaries {
+        eprintln!(
+            "\n==> soak: {framework}: 3 Machines behind flysim, {} clients, {} requests, {} ms mean pause",
+            opts.clients, opts.requests, opts.think_ms
+        );
+        let run = runtime.block_on(soak(framework, binary, &opts))?;
+        eprintln!("{}", report::summary_line(&run));
+        runs.push(run);
+    }
+    let took = began.elapsed();
+    let mut info = info_start;
+    info.finish(took, build_time);
+    println!("\n{}", report::table(&runs));
+    println!("{}", report::verdicts(&runs));
+    println!(
+        "took {} ({} of it building the examples)",
+        report::duration(took),
+        report::duration(build_time)
+    );
+    if opts.is_full() || opts.write {
+        let text = report::markdown(&runs, &opts, &info);
+        let path = root().join("RELIABILITY.md");
+        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    } else {
+        println!("RELIABILITY.md not written (a full run writes it; --write forces it)");
+    }
+    let missed: Vec<&str> = runs
+        .iter()
+        .filter(|r| !r.met())
+        .map(|r| r.framework.as_str())
+        .collect();
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("targets missed: {}", missed.join(", ")))
+    }
+}
+
+/// One framework: the cluster, the clients, the faults, the figures.
+async fn soak(framework: &str, binary: &Path, opts: &Options) -> Result<Run, String> {
+    let launch = Launch::command(binary.to_string_lossy().into_owned(), Vec::<String>::new())
+        .env("DRAIN_SECONDS", opts.drain_seconds.to_string());
+    let config = Config::default()
+        .machines(3)
+        .admin_addr(None)
+        .app_name("sticky-soak")
+        .child_output(ChildOutput::Null)
+        .quiet(true)
+        .ready_timeout(Duration::from_secs(30))
+        // Stopped and destroyed as Fly does: the signal, then a kill timeout
+        // (the examples drain on SIGTERM, serve DRAIN_SECONDS, then exit).
+        .kill_signal(Some(Signal::Term))
+        .kill_timeout(Duration::from_secs(opts.drain_seconds + 10));
+    let sim = FlySim::start(config, launch)
+        .await
+        .map_err(|e| format!("{framework}: flysim did not start: {e}"))?;
+    let traffic = Arc::new(traffic::Traffic::new(
+        sim.front_addr(),
+        sim.machine_ids(),
+        opts.requests,
+        opts.seed,
+        Duration::from_millis(opts.think_ms),
+    ));
+    let clients: Vec<_> = (0..opts.clients)
+        .map(|i| tokio::spawn(traffic::client(traffic.clone(), i as u64)))
+        .collect();
+    let faults = faults::run(
+        &sim,
+        &traffic,
+        faults::SCHEDULE,
+        Duration::from_secs(opts.drain_seconds),
+    )
+    .await;
+    for client in clients {
+        client
+            .await
+            .map_err(|e| format!("{framework}: a client failed: {e}"))?;
+    }
+    let machines = sim.machines();
+    let proxy_errors: Vec<String> = sim
+        .events()
+        .into_iter()
+        .filter(|e| e.is_error() && e.kind != EventKind::Lifecycle)
+        .map(|e| e.code.unwrap_or_else(|| format!("{:?}", e.kind)))
+        .collect();
+    sim.shutdown().await;
+    let records = traffic.records();
+    let traffic_time = records.iter().map(|r| r.end).max().unwrap_or_default();
+    let last_sent = records.iter().map(|r| r.start).max().unwrap_or_default();
+    let (faults, schedule_error) = match faults {
+        Ok(faults) => {
+            let over = faults.iter().map(|f| f.settled).max().unwrap_or_default();
+            let error = (over >= last_sent).then(|| {
+                format!(
+                    "the last request was sent at {:.2} s, before the faults were over ({:.2} s): \
+                     the run is too short (more --requests, or more --think-ms)",
+                    last_sent.as_secs_f64(),
+                    over.as_secs_f64()
+                )
+            });
+            (faults, error)
+        }
+        Err(e) => (Vec::new(), Some(e)),
+    };
+    let figures = metrics::compute(&records, &faults);
+    Ok(Run {
+        framework: framework.to_owned(),
+        figures,
+        faults,
+        traffic_time,
+        replays: machines.iter().map(|m| m.replays_sent).sum(),
+        fallbacks: machines.iter().map(|m| m.fallbacks_received).sum(),
+        retries: machines.iter().map(|m| m.retries).sum(),
+        served: machines.iter().map(|m| m.served).sum(),
+        proxy_errors,
+        schedule_error,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn options_parse() {
+        let full = Options::parse(&[]).unwrap();
+        assert_eq!((full.clients, full.requests), FULL);
+        assert!(full.is_full());
+        assert_eq!(full.command(), "cargo xtask soak");
+        let quick = Options::parse(&args(&["--quick", "axum", "poem"])).unwrap();
+        assert_eq!((quick.clients, quick.requests), QUICK);
+        assert_eq!(quick.frameworks, ["axum", "poem"]);
+        assert!(!quick.is_full());
+        assert_eq!(quick.command(), "cargo xtask soak --quick axum poem");
+        let custom = Options::parse(&args(&["--clients", "10", "--requests", "1_000"])).unwrap();
+        assert_eq!((custom.clients, custom.requests), (10, 1000));
+        assert!(!custom.is_full());
+        assert!(Options::parse(&args(&["--clients"])).is_err());
+        assert!(Options::parse(&args(&["--clients", "5", "--requests", "4"])).is_err());
+        assert!(Options::parse(&args(&["flask"])).is_err());
+    }
+}
