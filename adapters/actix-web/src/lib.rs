@@ -398,14 +398,48 @@ impl RequestView for View<'_> {
     }
 
     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
-        // Case-insensitive (the name is parsed into a lowercase HeaderName);
-        // every value of a repeated header, in the order received.
-        for value in self.0.headers().get_all(name) {
+        // Every value of a repeated header, in the order received. The
+        // headers the engine reads are looked up by pre-parsed name: by
+        // `&str`, the map parses and validates the name on every call.
+        let headers = self.0.headers();
+        let values = match known(name) {
+            Some(known) => headers.get_all(known),
+            None => headers.get_all(name),
+        };
+        for value in values {
             if each(value.as_bytes()).is_break() {
                 break;
             }
         }
     }
+}
+
+/// The headers of [`sticky_core::READ_HEADERS`] as http 0.2 names, parsed once.
+fn known(name: &str) -> Option<&'static HeaderName> {
+    use actix_web::http::header;
+    static COOKIE: HeaderName = header::COOKIE;
+    static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
+    static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
+    static PREFLIGHT: HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
+    static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+    static REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
+    static REPLAY_FAILED: HeaderName = HeaderName::from_static("fly-replay-failed");
+    static UNAVAILABLE: HeaderName = HeaderName::from_static("fly-preferred-instance-unavailable");
+    static REPLAY_CACHE: HeaderName = HeaderName::from_static("fly-replay-cache-status");
+    static CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+    Some(match name {
+        "cookie" => &COOKIE,
+        "x-forwarded-proto" => &FORWARDED_PROTO,
+        "content-length" => &CONTENT_LENGTH,
+        "transfer-encoding" => &TRANSFER_ENCODING,
+        "access-control-request-method" => &PREFLIGHT,
+        "fly-replay-src" => &REPLAY_SRC,
+        "fly-replay-failed" => &REPLAY_FAILED,
+        "fly-preferred-instance-unavailable" => &UNAVAILABLE,
+        "fly-replay-cache-status" => &REPLAY_CACHE,
+        "fly-client-ip" => &CLIENT_IP,
+        _ => return None,
+    })
 }
 
 pin_project! {
@@ -481,5 +515,16 @@ where
 impl<F, B> std::fmt::Debug for StickyFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StickyFuture").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_header_the_engine_reads_is_pre_parsed() {
+        for name in sticky_core::READ_HEADERS {
+            assert_eq!(super::known(name).map(|h| h.as_str()), Some(name));
+        }
+        assert!(super::known("x-tenant-id").is_none());
     }
 }
