@@ -45,6 +45,7 @@ use std::time::{Duration, Instant};
 pub use flysim::Instance;
 use sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
 
+pub mod binary;
 pub mod client;
 mod deploy;
 mod scenarios;
