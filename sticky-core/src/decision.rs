@@ -274,6 +274,7 @@ impl SetCookie {
 pub struct ShortCircuit {
     pub(crate) status: u16,
     pub(crate) fly_replay: Option<Text>,
+    pub(crate) body_to_read: u64,
 }
 
 impl ShortCircuit {
@@ -285,6 +286,26 @@ impl ShortCircuit {
     /// The `fly-replay` header value, for a replay.
     pub fn fly_replay(&self) -> Option<&str> {
         self.fly_replay.as_ref().map(Text::as_str)
+    }
+
+    /// How many bytes of the request body to read and drop before sending
+    /// this answer: the declared `Content-Length` of a replayed request (at
+    /// most the body limit, 1 MB: row 6 serves larger ones here), else 0. A
+    /// server that answers with the body unread closes the connection,
+    /// which resets it, and the proxy can lose the answer.
+    ///
+    /// ```
+    /// # use sticky_core::{Env, Sticky};
+    /// let sticky = Sticky::builder().build(Env::machine("148ed599c14189")).unwrap();
+    /// let upload = http::Request::post("/upload")
+    ///     .header("cookie", "fly-machine-id=90801679a10038")
+    ///     .header("content-length", "5")
+    ///     .body(())
+    ///     .unwrap();
+    /// assert_eq!(sticky.decide(&upload).short_circuit().unwrap().body_to_read(), 5);
+    /// ```
+    pub fn body_to_read(&self) -> u64 {
+        self.body_to_read
     }
 
     /// The headers to send (names in lowercase).

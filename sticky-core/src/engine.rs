@@ -290,26 +290,29 @@ impl Sticky {
                 (None, false) => unreachable_stick(),
             };
         }
-        if let Some(problem) = self.body_problem(req) {
+        let body = match self.body_length(req) {
+            Ok(length) => length,
             // Row 6.
-            return match (elsewhere, inner.large_body) {
-                (_, LargeBody::Refuse) => Decision::Refuse(
-                    refusal(413),
-                    match elsewhere {
-                        Some(t) => Reason::BodyNotReplayable(t.source, problem),
-                        None => Reason::DrainingServedHere,
-                    },
-                ),
-                (Some(t), LargeBody::ServeHere) => {
-                    Decision::Stick(Reason::BodyNotReplayable(t.source, problem))
-                }
-                (None, LargeBody::ServeHere) => Decision::Stick(Reason::DrainingServedHere),
-            };
-        }
+            Err(problem) => {
+                return match (elsewhere, inner.large_body) {
+                    (_, LargeBody::Refuse) => Decision::Refuse(
+                        refusal(413),
+                        match elsewhere {
+                            Some(t) => Reason::BodyNotReplayable(t.source, problem),
+                            None => Reason::DrainingServedHere,
+                        },
+                    ),
+                    (Some(t), LargeBody::ServeHere) => {
+                        Decision::Stick(Reason::BodyNotReplayable(t.source, problem))
+                    }
+                    (None, LargeBody::ServeHere) => Decision::Stick(Reason::DrainingServedHere),
+                };
+            }
+        };
         match elsewhere {
             // Row 7.
             Some(t) => Decision::Replay(
-                self.replay_to(t.id.bytes()),
+                self.replay_to(t.id.bytes(), body),
                 Reason::PinnedElsewhere(t.source),
             ),
             // Row 8.
@@ -317,6 +320,7 @@ impl Sticky {
                 ShortCircuit {
                     status: inner.replay_status,
                     fly_replay: Some(Text::Shared(inner.drain_replay.clone())),
+                    body_to_read: body,
                 },
                 Reason::Draining,
             ),
@@ -584,7 +588,7 @@ impl Sticky {
     }
 
     /// Row 7: the replay response for a validated target.
-    fn replay_to(&self, id: &[u8]) -> ShortCircuit {
+    fn replay_to(&self, id: &[u8], body_to_read: u64) -> ShortCircuit {
         let inner = &*self.inner;
         // `id` passed the target format, so it is ASCII without separators.
         let id = std::str::from_utf8(id).unwrap_or_default();
@@ -596,13 +600,15 @@ impl Sticky {
         ShortCircuit {
             status: inner.replay_status,
             fly_replay: Some(Text::Owned(value.into_boxed_str())),
+            body_to_read,
         }
     }
 
-    /// Row 6: whether the body cannot be replayed.
-    fn body_problem<V: RequestView>(&self, req: &V) -> Option<BodyProblem> {
+    /// Row 6: the declared length of a body that can be replayed (0 for
+    /// none), or why it cannot.
+    fn body_length<V: RequestView>(&self, req: &V) -> Result<u64, BodyProblem> {
         if req.has_header("transfer-encoding") {
-            return Some(BodyProblem::UnknownLength);
+            return Err(BodyProblem::UnknownLength);
         }
         let mut length: Option<u64> = None;
         let mut malformed = false;
@@ -619,15 +625,15 @@ impl Sticky {
             ControlFlow::Continue(())
         });
         if malformed {
-            return Some(BodyProblem::UnknownLength);
+            return Err(BodyProblem::UnknownLength);
         }
         match length {
-            Some(n) if n > self.inner.body_limit => Some(BodyProblem::TooLarge),
-            Some(_) => None,
+            Some(n) if n > self.inner.body_limit => Err(BodyProblem::TooLarge),
+            Some(n) => Ok(n),
             None if matches!(req.method(), "POST" | "PUT" | "PATCH") => {
-                Some(BodyProblem::UnknownLength)
+                Err(BodyProblem::UnknownLength)
             }
-            None => None,
+            None => Ok(0),
         }
     }
 }
@@ -642,6 +648,7 @@ fn refusal(status: u16) -> ShortCircuit {
     ShortCircuit {
         status,
         fly_replay: None,
+        body_to_read: 0,
     }
 }
 

@@ -259,8 +259,30 @@ fn row6_refuse_policy_answers_413() {
             .cookie(T)
             .header("content-length", "11"),
     );
-    assert_eq!(d.short_circuit().unwrap().status(), 413);
+    let sc = d.short_circuit().unwrap();
+    assert_eq!(sc.status(), 413);
+    assert_eq!(
+        sc.body_to_read(),
+        0,
+        "a body too large to replay is not read"
+    );
     assert!(!d.runs_handler());
+}
+
+#[test]
+fn replays_name_the_body_to_read_first() {
+    let s = sticky();
+    let upload = |len: &str| {
+        Req::new("POST", "/upload")
+            .cookie(T)
+            .header("content-length", len)
+    };
+    let body = |d: Decision| d.short_circuit().unwrap().body_to_read();
+    assert_eq!(body(s.decide(&upload("1000000"))), 1_000_000);
+    assert_eq!(body(s.decide(&upload("0"))), 0);
+    assert_eq!(body(s.decide(&Req::get("/").cookie(T))), 0);
+    s.drain();
+    assert_eq!(body(s.decide(&upload("42").cookie(S))), 42);
 }
 
 #[test]

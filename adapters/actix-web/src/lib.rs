@@ -171,7 +171,7 @@ use actix_web::{HttpMessage, HttpResponse};
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, MAX_REPLAY_BODY, RequestView, SetCookie, ShortCircuit};
+use sticky_core::{Decision, RequestView, SetCookie, ShortCircuit};
 
 /// A predicate that exempts a request from stickiness.
 ///
@@ -314,16 +314,15 @@ where
                     future: self.service.call(req),
                     cookie: Some(cookie),
                 },
-                Decision::Replay(reply, _) if declares_body(req.headers()) => {
-                    // Read the body (at most 1 MB: larger ones are never
-                    // replayed) before answering: closing a connection with
-                    // its body unread resets it, and the proxy can lose the
-                    // answer.
+                Decision::Replay(reply, _) if reply.body_to_read() > 0 => {
+                    // Read the body before answering: closing a connection
+                    // with its body unread resets it, and the proxy can lose
+                    // the answer.
                     let mut req = req;
                     let payload = req.take_payload();
                     Kind::Drain {
                         payload,
-                        read: 0,
+                        left: reply.body_to_read(),
                         response: Some(short_circuit(req, &reply)),
                     }
                 }
@@ -334,17 +333,6 @@ where
         };
         StickyFuture { kind, close }
     }
-}
-
-/// Whether the request declares a body (`Content-Length` above 0). A replay
-/// never has one of unknown length (row 6), and an upgrade request has none
-/// (its payload is the upgraded stream: never read it here).
-fn declares_body(headers: &HeaderMap) -> bool {
-    headers
-        .get(actix_web::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
 }
 
 /// Answers `req` with the short-circuit (status, headers, empty body),
@@ -457,7 +445,7 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F, cookie: Option<SetCookie> },
         Ready { #[pin] response: Ready<Result<ServiceResponse<EitherBody<B>>, Error>> },
-        Drain { payload: Payload, read: u64, response: Option<ServiceResponse<EitherBody<B>>> },
+        Drain { payload: Payload, left: u64, response: Option<ServiceResponse<EitherBody<B>>> },
     }
 }
 
@@ -482,12 +470,12 @@ where
             KindProj::Ready { response } => std::task::ready!(response.poll(cx))?,
             KindProj::Drain {
                 payload,
-                read,
+                left,
                 response,
             } => {
-                while *read <= MAX_REPLAY_BODY {
+                while *left > 0 {
                     match std::task::ready!(payload.poll_next_unpin(cx)) {
-                        Some(Ok(chunk)) => *read += chunk.len() as u64,
+                        Some(Ok(chunk)) => *left = left.saturating_sub(chunk.len() as u64),
                         None | Some(Err(_)) => break,
                     }
                 }

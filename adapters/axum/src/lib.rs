@@ -87,7 +87,7 @@ use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, MAX_REPLAY_BODY, SetCookie, Sticky};
+use sticky_core::{Decision, SetCookie, Sticky};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -209,10 +209,10 @@ where
                     future: self.inner.call(req),
                     cookie: Some(cookie),
                 },
-                Decision::Replay(reply, _) if declares_body(req.headers()) => Kind::Drain {
+                Decision::Replay(reply, _) if reply.body_to_read() > 0 => Kind::Drain {
                     body: Some(Box::pin(DrainBody {
                         body: req.into_body(),
-                        read: 0,
+                        left: reply.body_to_read(),
                     })),
                     response: Some(reply.to_response()),
                 },
@@ -243,23 +243,13 @@ pin_project! {
     }
 }
 
-/// Whether the request declares a body (`Content-Length` above 0). A replay
-/// never has one of unknown length (row 6), and an upgrade request has none.
-fn declares_body(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
-}
-
 pin_project! {
-    /// Reads a request body to its end (or to [`MAX_REPLAY_BODY`] bytes, or
-    /// an error) and drops it.
+    /// Reads a request body to its end (or its declared length, or an
+    /// error) and drops it.
     struct DrainBody<B> {
         #[pin]
         body: B,
-        read: u64,
+        left: u64,
     }
 }
 
@@ -272,9 +262,9 @@ impl<B: Body> Future for DrainBody<B> {
             match std::task::ready!(this.body.as_mut().poll_frame(cx)) {
                 Some(Ok(frame)) => {
                     if let Some(data) = frame.data_ref() {
-                        *this.read += data.remaining() as u64;
+                        *this.left = this.left.saturating_sub(data.remaining() as u64);
                     }
-                    if *this.read > MAX_REPLAY_BODY {
+                    if *this.left == 0 {
                         return Poll::Ready(());
                     }
                 }

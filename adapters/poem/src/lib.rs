@@ -174,7 +174,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, ResponseParts};
-use sticky_core::{Decision, HttpView, MAX_REPLAY_BODY, ShortCircuit};
+use sticky_core::{Decision, HttpView, ShortCircuit};
 
 pub use sticky_core;
 
@@ -348,28 +348,17 @@ impl<E: Endpoint, P: Skip> StickyEndpoint<E, P> {
                 cookie.apply(resp.headers_mut());
                 Ok(resp)
             }
-            Decision::Replay(answer, _) if declares_body(req.headers()) => {
-                // Read the body (at most 1 MB: larger ones are never replayed)
-                // before answering: closing a connection with its body unread
-                // resets it, and the proxy can lose the answer.
+            Decision::Replay(answer, _) if answer.body_to_read() > 0 => {
+                // Read the body before answering: closing a connection with
+                // its body unread resets it, and the proxy can lose the answer.
                 let mut req = req;
-                let limit = usize::try_from(MAX_REPLAY_BODY).unwrap_or(usize::MAX);
+                let limit = usize::try_from(answer.body_to_read()).unwrap_or(usize::MAX);
                 let _ = req.take_body().into_bytes_limit(limit).await;
                 Ok(short_circuit(&answer))
             }
             Decision::Replay(answer, _) | Decision::Refuse(answer, _) => Ok(short_circuit(&answer)),
         }
     }
-}
-
-/// Whether the request declares a body (`Content-Length` above 0). A replay
-/// never has one of unknown length (row 6), and an upgrade request has none.
-fn declares_body(headers: &poem::http::HeaderMap) -> bool {
-    headers
-        .get(poem::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
 }
 
 /// The answer sent instead of running the endpoint: status, headers, empty body.

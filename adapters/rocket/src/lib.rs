@@ -177,7 +177,7 @@ use rocket::http::uri::Origin;
 use rocket::http::{Header, Method, Status};
 use rocket::route::{Handler, Outcome};
 use rocket::{Build, Data, Request, Response, Rocket, Route};
-use sticky_core::{Decision, MAX_REPLAY_BODY, RequestView, ShortCircuit};
+use sticky_core::{Decision, RequestView, ShortCircuit};
 
 pub use sticky_core;
 
@@ -338,12 +338,11 @@ impl Handler for ShortCircuitRoute {
             return Outcome::forward(data, Status::NotFound);
         };
         match decision {
-            Decision::Replay(short_circuit, _) if declares_body(req) => {
-                // Read the body (at most 1 MB: larger ones are never replayed)
-                // before answering: closing a connection with its body unread
-                // resets it, and the proxy can lose the answer.
+            Decision::Replay(short_circuit, _) if short_circuit.body_to_read() > 0 => {
+                // Read the body before answering: closing a connection with
+                // its body unread resets it, and the proxy can lose the answer.
                 let _ = data
-                    .open(rocket::data::ByteUnit::from(MAX_REPLAY_BODY))
+                    .open(rocket::data::ByteUnit::from(short_circuit.body_to_read()))
                     .stream_to(rocket::tokio::io::sink())
                     .await;
                 Outcome::Success(respond(short_circuit))
@@ -356,15 +355,6 @@ impl Handler for ShortCircuitRoute {
             }
         }
     }
-}
-
-/// Whether the request declares a body (`Content-Length` above 0). A replay
-/// never has one of unknown length (row 6), and an upgrade request has none.
-fn declares_body(req: &Request<'_>) -> bool {
-    req.headers()
-        .get_one("content-length")
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n > 0)
 }
 
 /// The short-circuit as a Rocket response: status, headers, empty body.

@@ -153,9 +153,7 @@ use std::str::FromStr;
 
 use futures_util::{Stream, StreamExt};
 pub use sticky_core;
-use sticky_core::{
-    DEFAULT_COOKIE_NAME, Decision, MAX_REPLAY_BODY, RequestView, SetCookie, ShortCircuit, Sticky,
-};
+use sticky_core::{DEFAULT_COOKIE_NAME, Decision, RequestView, SetCookie, ShortCircuit, Sticky};
 use warp::filters::BoxedFilter;
 use warp::filters::path::FullPath;
 use warp::http::{HeaderValue, Method};
@@ -462,40 +460,32 @@ struct NotReplayed;
 
 impl Reject for NotReplayed {}
 
-/// The replay to answer, if the decision is one and the request declares a
-/// body (`Content-Length` above 0: a replay never has one of unknown length,
-/// row 6, and an upgrade request has none).
+/// The replay to answer, if the decision is one with a body to read first.
 fn replay_only(sticky: &Sticky, head: &Head) -> Result<ShortCircuit, Rejection> {
-    let mut length = None;
-    head.header_values("content-length", &mut |v| {
-        length = std::str::from_utf8(v)
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        ControlFlow::Break(())
-    });
-    if length.is_none_or(|n| n == 0) {
+    // Without a `Content-Length` there is nothing to read: skip deciding twice.
+    if !head.has_header("content-length") {
         return Err(warp::reject::custom(NotReplayed));
     }
     match sticky.decide(head) {
-        Decision::Replay(sc, _) => Ok(sc),
+        Decision::Replay(sc, _) if sc.body_to_read() > 0 => Ok(sc),
         _ => Err(warp::reject::custom(NotReplayed)),
     }
 }
 
-/// Reads the body to its end (at most 1 MB: larger ones are never
-/// replayed), then rejects with the replay. Closing a connection with its
-/// body unread resets it, and the proxy can lose the answer.
+/// Reads the body (its declared length at most), then rejects with the
+/// replay. Closing a connection with its body unread resets it, and the
+/// proxy can lose the answer.
 async fn drain_then_answer<S, B>(sc: ShortCircuit, body: S) -> Result<Option<SetCookie>, Rejection>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
-    let mut read = 0u64;
-    while let Some(Ok(chunk)) = body.next().await {
-        read += chunk.remaining() as u64;
-        if read > MAX_REPLAY_BODY {
-            break;
+    let mut left = sc.body_to_read();
+    while left > 0 {
+        match body.next().await {
+            Some(Ok(chunk)) => left = left.saturating_sub(chunk.remaining() as u64),
+            None | Some(Err(_)) => break,
         }
     }
     Err(warp::reject::custom(ShortCircuited(sc)))
