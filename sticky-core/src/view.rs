@@ -79,45 +79,33 @@ mod http_impls {
     use super::*;
 
     use http::HeaderName;
-    use http::header;
 
-    static COOKIE: HeaderName = header::COOKIE;
-    static CONTENT_LENGTH: HeaderName = header::CONTENT_LENGTH;
-    static TRANSFER_ENCODING: HeaderName = header::TRANSFER_ENCODING;
-    static PREFLIGHT: HeaderName = header::ACCESS_CONTROL_REQUEST_METHOD;
-    static FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-    static REPLAY_SRC: HeaderName = HeaderName::from_static("fly-replay-src");
-    static REPLAY_FAILED: HeaderName = HeaderName::from_static("fly-replay-failed");
-    static UNAVAILABLE: HeaderName = HeaderName::from_static("fly-preferred-instance-unavailable");
-    static REPLAY_CACHE: HeaderName = HeaderName::from_static("fly-replay-cache-status");
-    static CLIENT_IP: HeaderName = HeaderName::from_static("fly-client-ip");
+    use crate::READ_HEADERS;
 
-    /// The headers of [`crate::READ_HEADERS`], parsed once. Looking a header
-    /// up by `&str` makes `http` validate and lowercase the name on every
-    /// call, a quarter of the Stick path; a `HeaderName` is hashed at once.
-    pub(super) fn known(name: &str) -> Option<&'static HeaderName> {
-        Some(match name {
-            "cookie" => &COOKIE,
-            "x-forwarded-proto" => &FORWARDED_PROTO,
-            "content-length" => &CONTENT_LENGTH,
-            "transfer-encoding" => &TRANSFER_ENCODING,
-            "access-control-request-method" => &PREFLIGHT,
-            "fly-replay-src" => &REPLAY_SRC,
-            "fly-replay-failed" => &REPLAY_FAILED,
-            "fly-preferred-instance-unavailable" => &UNAVAILABLE,
-            "fly-replay-cache-status" => &REPLAY_CACHE,
-            "fly-client-ip" => &CLIENT_IP,
-            _ => return None,
-        })
-    }
+    /// [`READ_HEADERS`], parsed once.
+    static KNOWN: [HeaderName; READ_HEADERS.len()] = [
+        HeaderName::from_static(READ_HEADERS[0]),
+        HeaderName::from_static(READ_HEADERS[1]),
+        HeaderName::from_static(READ_HEADERS[2]),
+        HeaderName::from_static(READ_HEADERS[3]),
+        HeaderName::from_static(READ_HEADERS[4]),
+        HeaderName::from_static(READ_HEADERS[5]),
+        HeaderName::from_static(READ_HEADERS[6]),
+        HeaderName::from_static(READ_HEADERS[7]),
+        HeaderName::from_static(READ_HEADERS[8]),
+        HeaderName::from_static(READ_HEADERS[9]),
+    ];
 
+    /// Looking a header up by `&str` makes `http` validate and lowercase the
+    /// name on every call, a quarter of the Stick path; the engine's own
+    /// headers are looked up by their parsed name instead.
     fn each_value<'a>(
         map: &'a http::HeaderMap,
         name: &str,
         each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
     ) {
-        let values = match known(name) {
-            Some(known) => map.get_all(known),
+        let values = match READ_HEADERS.iter().position(|h| *h == name) {
+            Some(i) => map.get_all(&KNOWN[i]),
             None => map.get_all(name),
         };
         for value in values {
@@ -211,16 +199,3 @@ mod http_impls {
 
 #[cfg(feature = "http")]
 pub use http_impls::HttpView;
-
-#[cfg(all(test, feature = "http"))]
-mod tests {
-    #[test]
-    fn every_header_the_engine_reads_is_pre_parsed() {
-        for name in crate::READ_HEADERS {
-            let known = super::http_impls::known(name);
-            assert_eq!(known.map(|h| h.as_str()), Some(name), "{name}");
-        }
-        assert!(super::http_impls::known("x-tenant-id").is_none());
-        assert!(super::http_impls::known("Cookie").is_none());
-    }
-}
