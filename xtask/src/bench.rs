@@ -193,7 +193,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         md_path.display(),
         chart_path.display(),
         if quick { "--quick" } else { "full" },
-        report::human_duration(started.elapsed())
+        crate::machine::duration(started.elapsed())
     );
     Ok(())
 }

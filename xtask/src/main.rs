@@ -7,6 +7,7 @@ mod bench;
 mod conformance_matrix;
 mod demo;
 mod fuzz;
+mod machine;
 mod soak;
 
 const USAGE: &str = "usage: cargo xtask <task>

@@ -205,8 +205,8 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     println!("{}", report::verdicts(&runs));
     println!(
         "took {} ({} of it building the examples)",
-        report::duration(took),
-        report::duration(build_time)
+        crate::machine::duration(took),
+        crate::machine::duration(build_time)
     );
     if opts.is_full() || opts.write {
         let text = report::markdown(&runs, &opts, &info);

@@ -1,7 +1,6 @@
 //! The tables printed on the console and BENCHMARKS.md.
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 use super::ab::AbResult;
@@ -9,6 +8,7 @@ use super::hop::HopRow;
 use super::micro::{CoreBench, find};
 use super::server::Pinning;
 use super::{MACHINE_ID, Plan, median, min_max};
+use crate::machine::{Machine, duration};
 
 /// Budgets (issue "Performance"); reported, never asserted as timings.
 const STICK_BUDGET_NS: f64 = 60.0;
@@ -18,78 +18,26 @@ const THROUGHPUT_BUDGET: f64 = 0.97;
 /// The machine and the conditions of the run.
 #[derive(Debug, Clone)]
 pub(crate) struct MachineInfo {
-    cpu_model: String,
-    nproc: usize,
-    processors: usize,
-    kernel: String,
-    rustc: String,
+    host: Machine,
     wrk: String,
     pinning: String,
-    date: String,
-    load_start: String,
-    load_end: String,
     took: Duration,
 }
 
 impl MachineInfo {
     pub(crate) fn collect(wrk: &str, pinning: &Pinning) -> MachineInfo {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|v| v.split_once(':'))
-            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
-        let processors = cpuinfo
-            .lines()
-            .filter(|l| l.starts_with("processor"))
-            .count();
-        let command = |program: &str, args: &[&str]| {
-            Command::new(program)
-                .args(args)
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .unwrap_or_else(|| "unknown".to_owned())
-        };
         MachineInfo {
-            cpu_model,
-            nproc: std::thread::available_parallelism().map_or(1, usize::from),
-            processors,
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned()),
-            rustc: command("rustc", &["-V"]),
+            host: Machine::collect(),
             wrk: wrk.to_owned(),
             pinning: pinning.describe(),
-            date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            load_start: loadavg(),
-            load_end: String::new(),
             took: Duration::ZERO,
         }
     }
 
     /// Records the end of the run.
     pub(crate) fn finish(&mut self, took: Duration) {
-        self.load_end = loadavg();
+        self.host.finish();
         self.took = took;
-    }
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// `3 min 12 s`.
-pub(crate) fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    if s >= 60 {
-        format!("{} min {:02} s", s / 60, s % 60)
-    } else {
-        format!("{s} s")
     }
 }
 
@@ -303,22 +251,22 @@ impl Run<'_> {
              - time spent: {}\n\
              - load average (1, 5, 15 min): {} at the start, {} at the end\n\
              - pinning: {}\n",
-            m.cpu_model,
-            m.nproc,
-            m.processors,
-            m.kernel,
-            m.rustc,
+            m.host.cpu_model,
+            m.host.nproc,
+            m.host.processors,
+            m.host.kernel,
+            m.host.rustc,
             m.wrk,
-            m.date,
+            m.host.date,
             if self.plan.quick { " --quick" } else { "" },
-            human_duration(m.took),
+            duration(m.took),
             self.phases
                 .iter()
-                .map(|(what, d)| format!("{what} {}", human_duration(*d)))
+                .map(|(what, d)| format!("{what} {}", duration(*d)))
                 .collect::<Vec<_>>()
                 .join(", "),
-            m.load_start,
-            m.load_end,
+            m.host.load_start,
+            m.host.load_end,
             m.pinning,
         )
     }
@@ -402,7 +350,7 @@ impl Run<'_> {
              ![Throughput with the middleware ON vs OFF per framework, and the latency of a \
              replay hop](docs/benchmarks.svg)\n\n",
             quick = if p.quick { " --quick" } else { "" },
-            date = self.machine.date,
+            date = self.machine.host.date,
             kind = if p.quick {
                 "This was a `--quick` run (short rounds): indicative only; the full run \
                  (`cargo xtask bench`) measures longer and more often."

@@ -1,44 +1,25 @@
 //! The printed tables and RELIABILITY.md.
 
 use std::fmt::Write as _;
-use std::process::Command;
 use std::time::Duration;
 
 use super::metrics::{Figures, Kind, Moved};
 use super::traffic::{CHURN_PERCENT, MIX, WS_MESSAGES};
 use super::{Options, Run};
+use crate::machine::{Machine, duration};
 
 /// The machine and the conditions of the run.
 #[derive(Debug, Clone)]
 pub(crate) struct MachineInfo {
-    cpu_model: String,
-    nproc: usize,
-    kernel: String,
-    rustc: String,
-    date: String,
-    load_start: String,
-    load_end: String,
+    host: Machine,
     took: Duration,
     build: Duration,
 }
 
 impl MachineInfo {
     pub(crate) fn collect() -> MachineInfo {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let cpu_model = cpuinfo
-            .lines()
-            .find_map(|l| l.strip_prefix("model name"))
-            .and_then(|v| v.split_once(':'))
-            .map_or_else(|| "unknown".to_owned(), |(_, v)| v.trim().to_owned());
         MachineInfo {
-            cpu_model,
-            nproc: std::thread::available_parallelism().map_or(1, usize::from),
-            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_or_else(|_| "unknown".to_owned(), |s| s.trim().to_owned()),
-            rustc: command("rustc", &["-V"]),
-            date: command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
-            load_start: loadavg(),
-            load_end: String::new(),
+            host: Machine::collect(),
             took: Duration::ZERO,
             build: Duration::ZERO,
         }
@@ -46,36 +27,9 @@ impl MachineInfo {
 
     /// Records the end of the run.
     pub(crate) fn finish(&mut self, took: Duration, build: Duration) {
-        self.load_end = loadavg();
+        self.host.finish();
         self.took = took;
         self.build = build;
-    }
-}
-
-fn command(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// `1 min 05 s`, `12.3 s`.
-pub(crate) fn duration(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s >= 60.0 {
-        format!("{} min {:02} s", d.as_secs() / 60, d.as_secs() % 60)
-    } else {
-        format!("{s:.1} s")
     }
 }
 
@@ -271,7 +225,7 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
          stopped then started, and one is drained. Figures of one run of `{}` ({}). \
          This file is written by that task: re-run it rather than editing it.\n",
         opts.command(),
-        info.date
+        info.host.date
     );
     if opts.quick {
         let _ = writeln!(
@@ -592,12 +546,12 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
         "- CPU: {} ({} CPUs usable); kernel {}; {}\n\
          - clients, flysim and the 3 Machines share these CPUs; load average (1, 5, 15 min): {} at the start, {} at the end\n\
          - this run: `{}` took {} ({} of it building the examples in release when needed)",
-        info.cpu_model,
-        info.nproc,
-        info.kernel,
-        info.rustc,
-        info.load_start,
-        info.load_end,
+        info.host.cpu_model,
+        info.host.nproc,
+        info.host.kernel,
+        info.host.rustc,
+        info.host.load_start,
+        info.host.load_end,
         opts.command(),
         duration(info.took),
         duration(info.build)
