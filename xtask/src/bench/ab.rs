@@ -186,7 +186,7 @@ fn check(framework: &str, on: &Server, off: &Server) -> Result<(), String> {
     };
 
     let first = get(on, &[])?;
-    if first.status != 200 || first.header("set-cookie").is_none() {
+    if first.status != 200 || first.one("set-cookie").is_none() {
         return fail(
             "ON is not enabled (a first visit got no Set-Cookie)",
             format!("{} {:?}", first.status, first.headers),
@@ -194,23 +194,23 @@ fn check(framework: &str, on: &Server, off: &Server) -> Result<(), String> {
     }
     let stick = get(on, &[("Cookie", &cookie)])?;
     if stick.status != 200
-        || stick.header("set-cookie").is_some()
-        || !stick.body.contains(MACHINE_ID)
+        || stick.one("set-cookie").is_some()
+        || !stick.text().contains(MACHINE_ID)
     {
         return fail(
             "ON does not take the Stick path for the benchmark request",
-            format!("{} {:?} {:?}", stick.status, stick.headers, stick.body),
+            format!("{} {:?} {:?}", stick.status, stick.headers, stick.text()),
         );
     }
     let plain = get(off, &[("Cookie", &cookie)])?;
-    if plain.status != 200 || plain.header("set-cookie").is_some() {
+    if plain.status != 200 || plain.one("set-cookie").is_some() {
         return fail(
             "OFF is not a plain 200",
             format!("{} {:?}", plain.status, plain.headers),
         );
     }
     let plain_first = get(off, &[])?;
-    if plain_first.header("set-cookie").is_some() {
+    if plain_first.one("set-cookie").is_some() {
         return fail(
             "OFF sets a cookie (is FLY_MACHINE_ID leaking in?)",
             format!("{:?}", plain_first.headers),

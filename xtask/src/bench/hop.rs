@@ -144,7 +144,7 @@ impl Flysim {
             return Err(format!("admin GET /machines: {}", answer.status));
         }
         let value: serde_json::Value =
-            serde_json::from_str(&answer.body).map_err(|e| format!("admin /machines: {e}"))?;
+            serde_json::from_slice(&answer.body).map_err(|e| format!("admin /machines: {e}"))?;
         let list = value.as_array().ok_or("admin /machines: not a list")?;
         Ok(list
             .iter()
@@ -261,10 +261,12 @@ pub(crate) fn run(
         let answer = http_get(route.addr, "/", &headers).map_err(|e| e.to_string())?;
         let replays = sim.replays_sent()? - before;
         let expected = u64::from(route.name == "replayed");
-        if answer.status != 200 || !answer.body.contains(m1.id.as_str()) || replays != expected {
+        if answer.status != 200 || !answer.text().contains(m1.id.as_str()) || replays != expected {
             return Err(format!(
                 "route {:?} did not end at Machine 1 after {expected} replay(s): {} {:?}, {replays} replays",
-                route.name, answer.status, answer.body
+                route.name,
+                answer.status,
+                answer.text()
             ));
         }
     }

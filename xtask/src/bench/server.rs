@@ -2,11 +2,12 @@
 //! readiness and sanity checks.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use conformance::client::{Request, Response};
 
 /// Which CPU the servers and which the load generator run on.
 #[derive(Debug, Clone)]
@@ -249,98 +250,26 @@ fn cpu_ns(pid: u32) -> Option<u64> {
     Some((utime + stime) * 10_000_000)
 }
 
-/// An HTTP answer, for checks.
-#[derive(Debug, Clone)]
-pub(crate) struct Answer {
-    pub(crate) status: u16,
-    /// Lowercase names.
-    pub(crate) headers: Vec<(String, String)>,
-    pub(crate) body: String,
-}
-
-impl Answer {
-    pub(crate) fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` over a fresh connection (`Connection: close`), 2 s timeouts.
+/// `GET path` over a fresh connection, with the suite's raw client.
 pub(crate) fn http_get(
     addr: SocketAddr,
     path: &str,
     headers: &[(&str, &str)],
-) -> std::io::Result<Answer> {
-    let timeout = Duration::from_secs(2);
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+) -> Result<Response, String> {
+    let mut request = Request::get(path);
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(name, value);
     }
-    request.push_str("\r\n");
-    stream.write_all(request.as_bytes())?;
-    let mut raw = Vec::new();
-    stream.take(1 << 20).read_to_end(&mut raw)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {head:?}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
-        .iter()
-        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    Ok(Answer {
-        status,
-        headers,
-        body: if chunked {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        },
-    })
-}
-
-/// Decodes a chunked body (extensions and trailers ignored).
-fn dechunk(mut raw: &str) -> String {
-    let mut body = String::new();
-    // Bounded by the input: every pass consumes at least one line.
-    while let Some((size_line, rest)) = raw.split_once("\r\n") {
-        let size_hex = size_line.split(';').next().unwrap_or("").trim();
-        let Ok(size) = usize::from_str_radix(size_hex, 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        body.push_str(rest.get(..size).unwrap_or(""));
-        raw = rest.get(size..).unwrap_or("").trim_start_matches("\r\n");
-    }
-    body
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio: {e}"))?
+        .block_on(conformance::client::send(addr, &request))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chunked_bodies() {
-        assert_eq!(
-            dechunk("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"),
-            "hello world"
-        );
-        assert_eq!(dechunk("zz\r\n"), "");
-    }
 
     #[test]
     fn cpu_lists() {
