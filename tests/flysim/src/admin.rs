@@ -87,22 +87,24 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (&method, segments.as_slice()) {
-        (&Method::GET, ["machines"]) => json_response(StatusCode::OK, &json!(shared.machines())),
-        (&Method::POST, ["machines"]) => match shared.add_machine().await {
+        (&Method::GET, ["machines"]) => {
+            json_response(StatusCode::OK, &json!(shared.fleet.machines()))
+        }
+        (&Method::POST, ["machines"]) => match shared.fleet.add_machine().await {
             Ok(id) => json_response(StatusCode::OK, &json!({ "id": id })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
         (&Method::GET, ["machines", id]) => {
-            match shared.machines().into_iter().find(|m| m.id == *id) {
+            match shared.fleet.machines().into_iter().find(|m| m.id == *id) {
                 Some(m) => json_response(StatusCode::OK, &json!(m)),
                 None => error(StatusCode::NOT_FOUND, format!("no Machine {id:?}")),
             }
         }
         (&Method::POST, ["machines", id, action]) => {
             let result = match *action {
-                "stop" => shared.stop_machine(id).await,
-                "start" => shared.start_machine(id).await,
-                "destroy" => shared.destroy_machine(id).await,
+                "stop" => shared.fleet.stop_machine(id).await,
+                "start" => shared.fleet.start_machine(id).await,
+                "destroy" => shared.fleet.destroy_machine(id).await,
                 "signal" => {
                     let requested = req
                         .uri()
@@ -112,7 +114,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                         .find_map(|pair| pair.strip_prefix("signal="))
                         .unwrap_or("SIGTERM");
                     match requested.parse::<Signal>() {
-                        Ok(signal) => shared.signal_machine(id, signal).await,
+                        Ok(signal) => shared.fleet.signal_machine(id, signal).await,
                         Err(e) => return error(StatusCode::BAD_REQUEST, e),
                     }
                 }
@@ -124,17 +126,21 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                 }
             };
             match result {
-                Ok(()) => match shared.machines().into_iter().find(|m| m.id == *id) {
+                Ok(()) => match shared.fleet.machines().into_iter().find(|m| m.id == *id) {
                     Some(m) => json_response(StatusCode::OK, &json!(m)),
                     None => error(StatusCode::NOT_FOUND, format!("no Machine {id:?}")),
                 },
                 Err(e) => io_error(&e),
             }
         }
-        (&Method::GET, ["events"]) => json_response(StatusCode::OK, &json!(shared.events())),
-        (&Method::GET, ["report"]) => {
-            respond(StatusCode::OK, "text/plain; charset=utf-8", shared.report())
+        (&Method::GET, ["events"]) => {
+            json_response(StatusCode::OK, &json!(shared.events.snapshot()))
         }
+        (&Method::GET, ["report"]) => respond(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            shared.fleet.report(),
+        ),
         (_, ["machines", ..] | ["events"] | ["report"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),

@@ -84,3 +84,19 @@ pub(crate) async fn buffer(mut body: Incoming, limit: usize) -> Result<RequestBo
     }
     Ok(RequestBody::Buffered(buf.freeze()))
 }
+
+/// Reads all of `body` if it is at most `limit` bytes long; the error
+/// describes a failed read or says the limit was exceeded.
+pub(crate) async fn read_limited(mut body: ProxyBody, limit: usize) -> Result<Bytes, String> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| crate::upstream::error_chain(&*e))?;
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                return Err("length limit exceeded".to_owned());
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}

@@ -59,6 +59,7 @@ fn answer(shared: &Shared, query: &Message) -> Message {
         }
         let region = &shared.config.region;
         let pairs: Vec<String> = shared
+            .fleet
             .machines()
             .into_iter()
             .filter(|m| match m.state {

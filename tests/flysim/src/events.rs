@@ -1,8 +1,13 @@
 //! Things the simulated proxy noticed, recorded for tests and for the admin interface.
 
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
+
+/// Events kept in memory; older ones are dropped.
+const MAX_EVENTS: usize = 10_000;
 
 /// What kind of thing happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -49,5 +54,70 @@ impl Event {
     /// Whether this event is an error a client saw (a proxy error or a failed replay).
     pub fn is_error(&self) -> bool {
         matches!(self.kind, EventKind::ProxyError | EventKind::ReplayFailed)
+    }
+}
+
+/// The newest [`MAX_EVENTS`] events, shared by the proxy and the Machines' lifecycle.
+#[derive(Debug)]
+pub(crate) struct EventLog {
+    events: Mutex<VecDeque<Event>>,
+    /// Do not print errors to stderr (they are still logged with `tracing`).
+    quiet: bool,
+}
+
+impl EventLog {
+    pub(crate) fn new(quiet: bool) -> Self {
+        EventLog {
+            events: Mutex::new(VecDeque::new()),
+            quiet,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, VecDeque<Event>> {
+        self.events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records one event (and logs it; errors also go to stderr unless quiet).
+    pub(crate) fn record(
+        &self,
+        kind: EventKind,
+        code: Option<&str>,
+        request_id: Option<&str>,
+        machine: Option<&str>,
+        message: String,
+    ) {
+        let event = Event {
+            kind,
+            code: code.map(str::to_owned),
+            request_id: request_id.map(str::to_owned),
+            machine: machine.map(str::to_owned),
+            message,
+            at: SystemTime::now(),
+        };
+        if event.is_error() {
+            tracing::warn!(code = ?event.code, request_id = ?event.request_id, "{}", event.message);
+            if !self.quiet {
+                eprintln!("flysim: {}", event.message);
+            }
+        } else {
+            tracing::info!("{}", event.message);
+        }
+        let mut events = self.lock();
+        if events.len() == MAX_EVENTS {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    /// Everything recorded so far, oldest first.
+    pub(crate) fn snapshot(&self) -> Vec<Event> {
+        self.lock().iter().cloned().collect()
+    }
+
+    /// Forgets every event.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
     }
 }

@@ -97,32 +97,30 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let config = Config {
-        machines: args.machines,
-        front_addr: SocketAddr::new(args.host, args.port),
-        admin_addr: (!args.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], args.admin_port))),
-        app_name: args.app.clone(),
-        region: args.region.clone(),
-        balance: match args.balance {
+    let config = Config::default()
+        .machines(args.machines)
+        .front_addr(SocketAddr::new(args.host, args.port))
+        .admin_addr((!args.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], args.admin_port))))
+        .app_name(args.app.clone())
+        .region(args.region.clone())
+        .balance(match args.balance {
             BalanceArg::RoundRobin => Balance::RoundRobin,
             BalanceArg::Random => Balance::Random,
-        },
-        forwarded_proto: args.forwarded_proto.clone(),
-        cold_start: Duration::from_millis(args.cold_start_ms),
-        dead_target_delay: Duration::from_millis(args.dead_target_delay_ms),
-        ready_timeout: Duration::from_millis(args.ready_timeout_ms),
-        kill_signal: args.kill_signal,
-        kill_timeout: Duration::from_millis(args.kill_timeout_ms),
+        })
+        .forwarded_proto(args.forwarded_proto.clone())
+        .cold_start(Duration::from_millis(args.cold_start_ms))
+        .dead_target_delay(Duration::from_millis(args.dead_target_delay_ms))
+        .ready_timeout(Duration::from_millis(args.ready_timeout_ms))
+        .kill_signal(args.kill_signal)
+        .kill_timeout(Duration::from_millis(args.kill_timeout_ms))
         // Errors are reported through tracing below.
-        quiet: true,
-        log_requests: args.log_requests,
-        child_output: match args.child_output {
+        .quiet(true)
+        .log_requests(args.log_requests)
+        .child_output(match args.child_output {
             OutputArg::Prefixed => ChildOutput::Prefixed,
             OutputArg::Inherit => ChildOutput::Inherit,
             OutputArg::Null => ChildOutput::Null,
-        },
-        ..Config::default()
-    };
+        });
     let (program, rest) = args.command.split_first().expect("clap requires a command");
     let launch = Launch::command(program.clone(), rest.to_vec());
 
@@ -151,7 +149,7 @@ async fn main() -> ExitCode {
     if let Some(dns) = sim.dns_addr() {
         println!(
             "flysim: dns {dns} (vms.{}.internal TXT; FLY_DNS_SERVER)",
-            sim.config().app_name
+            args.app
         );
     }
 

@@ -29,9 +29,6 @@ use serde_json::Value;
 /// The content type that marks a response body as a JSON replay instruction.
 pub const JSON_CONTENT_TYPE: &str = "application/vnd.fly.replay+json";
 
-/// Region aliases Fly accepts in `region=` besides three-letter region codes.
-const REGION_ALIASES: &[&str] = &["any", "us", "usa", "eu", "na", "sa", "apac"];
-
 /// A parsed, validated replay instruction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReplayDirective {
@@ -354,9 +351,7 @@ fn parse_regions(value: &str) -> Result<Vec<String>, ReplayError> {
     value
         .split(',')
         .map(|r| {
-            let ok = (r.len() == 3 && r.bytes().all(|b| b.is_ascii_lowercase()))
-                || REGION_ALIASES.contains(&r);
-            if ok {
+            if crate::regions::is_valid(r) {
                 Ok(r.to_owned())
             } else if r.is_empty() {
                 Err(ReplayError::new("empty region in field \"region\""))

@@ -1,0 +1,210 @@
+//! Simulator settings, set in one builder style.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::balance::Balance;
+use crate::machine::{ChildOutput, Signal};
+use crate::{REPLAY_BODY_LIMIT, regions, replay};
+
+/// Simulator settings, built with setters from [`Config::default`]
+/// (`Config::default().machines(2).region("ams")`). Each setter's
+/// documentation gives the default. The fields are private so that settings
+/// can be added and regrouped without breaking callers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) machines: usize,
+    pub(crate) front_addr: SocketAddr,
+    pub(crate) admin_addr: Option<SocketAddr>,
+    pub(crate) dns_addr: Option<SocketAddr>,
+    pub(crate) app_name: String,
+    pub(crate) region: String,
+    pub(crate) balance: Balance,
+    pub(crate) forwarded_proto: String,
+    pub(crate) forwarded_port: Option<u16>,
+    pub(crate) cold_start: Duration,
+    pub(crate) dead_target_delay: Duration,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) replay_body_limit: usize,
+    pub(crate) quiet: bool,
+    pub(crate) log_requests: bool,
+    pub(crate) child_output: ChildOutput,
+    pub(crate) kill_signal: Option<Signal>,
+    pub(crate) kill_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            machines: 3,
+            front_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            dns_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            app_name: "flysim-app".to_owned(),
+            region: "iad".to_owned(),
+            balance: Balance::RoundRobin,
+            forwarded_proto: "https".to_owned(),
+            forwarded_port: None,
+            cold_start: Duration::ZERO,
+            dead_target_delay: Duration::from_millis(7500),
+            ready_timeout: Duration::from_secs(10),
+            replay_body_limit: REPLAY_BODY_LIMIT,
+            quiet: false,
+            log_requests: false,
+            child_output: ChildOutput::Prefixed,
+            kill_signal: None,
+            kill_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Config {
+    /// Number of Machines created (and started) at start-up. Default 3.
+    pub fn machines(mut self, n: usize) -> Self {
+        self.machines = n;
+        self
+    }
+
+    /// Address of the front (proxy) port. Default `127.0.0.1:0`.
+    pub fn front_addr(mut self, addr: SocketAddr) -> Self {
+        self.front_addr = addr;
+        self
+    }
+
+    /// Address of the admin interface, `None` for none. Default `127.0.0.1:0`.
+    pub fn admin_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.admin_addr = addr;
+        self
+    }
+
+    /// Address of the DNS server that answers `vms.<app>.internal` and
+    /// `all.vms.<app>.internal` TXT like Fly's internal DNS (UDP), `None` for
+    /// none. Machines get it as `FLY_DNS_SERVER`. Default `127.0.0.1:0`.
+    pub fn dns_addr(mut self, addr: Option<SocketAddr>) -> Self {
+        self.dns_addr = addr;
+        self
+    }
+
+    /// `FLY_APP_NAME`. Default `flysim-app`.
+    pub fn app_name(mut self, name: impl Into<String>) -> Self {
+        self.app_name = name.into();
+        self
+    }
+
+    /// `FLY_REGION` of every Machine and the edge region (`Fly-Region`). Default `iad`.
+    pub fn region(mut self, region: impl Into<String>) -> Self {
+        self.region = region.into();
+        self
+    }
+
+    /// Balancing strategy. Default round-robin.
+    pub fn balance(mut self, balance: Balance) -> Self {
+        self.balance = balance;
+        self
+    }
+
+    /// `X-Forwarded-Proto` sent to Machines. Default `https` (as behind Fly's TLS edge).
+    pub fn forwarded_proto(mut self, proto: impl Into<String>) -> Self {
+        self.forwarded_proto = proto.into();
+        self
+    }
+
+    /// `Fly-Forwarded-Port`/`X-Forwarded-Port`; `None` means the front port the client
+    /// connected to. Default `None`.
+    pub fn forwarded_port(mut self, port: Option<u16>) -> Self {
+        self.forwarded_port = port;
+        self
+    }
+
+    /// How long an autostart takes before the Machine is launched. Default 0.
+    pub fn cold_start(mut self, d: Duration) -> Self {
+        self.cold_start = d;
+        self
+    }
+
+    /// How long a strict replay (`instance=`) to a destroyed or unknown Machine takes
+    /// to fail when no shorter `timeout` is given. Fly takes about 7.5 s. Default 7.5 s.
+    pub fn dead_target_delay(mut self, d: Duration) -> Self {
+        self.dead_target_delay = d;
+        self
+    }
+
+    /// How long a child process may take to accept connections. Default 10 s.
+    pub fn ready_timeout(mut self, d: Duration) -> Self {
+        self.ready_timeout = d;
+        self
+    }
+
+    /// Largest replayable request body. Default [`REPLAY_BODY_LIMIT`] (1 MB).
+    pub fn replay_body_limit(mut self, limit: usize) -> Self {
+        self.replay_body_limit = limit;
+        self
+    }
+
+    /// Do not print proxy errors to stderr (they are still recorded as events and
+    /// logged with `tracing`). Default `false`.
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Print one line per request to stderr. Default `false`.
+    pub fn log_requests(mut self, on: bool) -> Self {
+        self.log_requests = on;
+        self
+    }
+
+    /// What happens to child processes' output. Default prefixed.
+    pub fn child_output(mut self, output: ChildOutput) -> Self {
+        self.child_output = output;
+        self
+    }
+
+    /// How a child process is stopped when its Machine is stopped or destroyed
+    /// (Fly's `kill_signal`): `None` kills it at once (SIGKILL, like
+    /// `fly machine kill`); `Some(signal)` sends that signal and waits up to
+    /// [`Config::kill_timeout`] for the process to exit before killing it, as
+    /// Fly stops Machines (Fly's default is `SIGINT`). Either way the Machine
+    /// leaves the proxy's rotation at once. Shutting flysim down always kills.
+    /// In-process instances are stopped with their stop hook. Default `None`.
+    pub fn kill_signal(mut self, signal: Option<Signal>) -> Self {
+        self.kill_signal = signal;
+        self
+    }
+
+    /// How long a stopping child process may take to exit after
+    /// [`Config::kill_signal`] (Fly's `kill_timeout`). Default 5 s.
+    pub fn kill_timeout(mut self, d: Duration) -> Self {
+        self.kill_timeout = d;
+        self
+    }
+
+    /// Refuses settings that would produce invalid headers or environments.
+    pub(crate) fn validate(&self) -> std::io::Result<()> {
+        let invalid = |msg: String| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, msg));
+        if !regions::is_code(&self.region) {
+            return invalid(format!(
+                "region {:?} is not a 3-letter lowercase region code",
+                self.region
+            ));
+        }
+        if !replay::is_app_name(&self.app_name) {
+            return invalid(format!(
+                "app name {:?} is not a valid Fly app name (lowercase letters, digits, dashes)",
+                self.app_name
+            ));
+        }
+        if self.forwarded_proto.is_empty()
+            || !self
+                .forwarded_proto
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'-' || b == b'.')
+        {
+            return invalid(format!(
+                "forwarded_proto {:?} is not a URI scheme",
+                self.forwarded_proto
+            ));
+        }
+        Ok(())
+    }
+}
