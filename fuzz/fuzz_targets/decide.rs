@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sticky_core::{
+use sticky_core::{Outcome, 
     Decision, Env, Fallback, KeySource, LargeBody, Marker, Peer, Reason, Refresh, Replay,
     RequestView, SameSite, Secure, SetCookie, Source, Sticky, TargetFormat, Unavailable,
 };
@@ -756,15 +756,16 @@ fn check(input: &Input) {
     let now = input.now.get();
     let d = sticky.decide_at(&req, now);
     assert_eq!(d, sticky.decide_at(&req, now), "decide_at is pure");
+    assert_eq!(d.closes_connection(), e.drain, "every answer closes while draining");
     let reason = d.reason();
     assert!((1..=8).contains(&reason.row()));
     if !e.on_fly {
-        assert_eq!(d, Decision::Stick(Reason::Disabled));
+        assert_eq!(d, Outcome::Stick(Reason::Disabled));
         return;
     }
     let marked = Marker::ALL.iter().any(|m| req.has_header(m.header()));
-    match &d {
-        Decision::Replay(sc, reason) => {
+    match d.outcome() {
+        Outcome::Replay(sc, reason) => {
             assert!(
                 !marked,
                 "a request with a replay marker was replayed: {d:?} for {req:?}"
@@ -778,7 +779,7 @@ fn check(input: &Input) {
             assert_eq!(headers[0].1, value.as_bytes());
             check_replay(value, *reason, &req, &e);
         }
-        Decision::Refuse(sc, reason) => {
+        Outcome::Refuse(sc, reason) => {
             assert!(sc.fly_replay().is_none() && sc.headers().next().is_none());
             match sc.status() {
                 503 => {
@@ -788,7 +789,7 @@ fn check(input: &Input) {
                 other => panic!("refused with {other}"),
             }
         }
-        Decision::SetCookie(c, reason) => {
+        Outcome::SetCookie(c, reason) => {
             assert!(!e.drain, "a draining Machine pinned a client: {d:?}");
             assert!(
                 e.sources.contains(&Source::Cookie),
@@ -803,7 +804,7 @@ fn check(input: &Input) {
             ));
             check_set_cookie(c, &req, now, &e);
         }
-        Decision::Stick(_) => {}
+        Outcome::Stick(_) => {}
     }
 }
 

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use sticky_core::{Decision, Env, Sticky};
+use sticky_core::{Env, Outcome, Sticky};
 
 const S: &str = "148ed599c14189";
 const T: &str = "90801679a10038";
@@ -153,21 +153,30 @@ fn bench(c: &mut Criterion) {
     g.finish();
 
     // Sanity: the benches measure the paths they name.
-    assert!(matches!(sticky.decide(&here), Decision::Stick(_)));
-    assert!(matches!(with_paths.decide(&here), Decision::Stick(_)));
+    assert!(matches!(sticky.decide(&here).outcome(), Outcome::Stick(_)));
     assert!(matches!(
-        contract.decide(&wrk),
-        Decision::Stick(sticky_core::Reason::PinnedHere(_))
+        with_paths.decide(&here).outcome(),
+        Outcome::Stick(_)
     ));
     assert!(matches!(
-        disabled.decide(&wrk),
-        Decision::Stick(sticky_core::Reason::Disabled)
+        contract.decide(&wrk).outcome(),
+        Outcome::Stick(sticky_core::Reason::PinnedHere(_))
     ));
-    assert!(matches!(sticky.decide(&first), Decision::SetCookie(..)));
-    assert!(matches!(sticky.decide(&elsewhere), Decision::Replay(..)));
     assert!(matches!(
-        signed.decide_at(&signed_here, 1_001),
-        Decision::Stick(_)
+        disabled.decide(&wrk).outcome(),
+        Outcome::Stick(sticky_core::Reason::Disabled)
+    ));
+    assert!(matches!(
+        sticky.decide(&first).outcome(),
+        Outcome::SetCookie(..)
+    ));
+    assert!(matches!(
+        sticky.decide(&elsewhere).outcome(),
+        Outcome::Replay(..)
+    ));
+    assert!(matches!(
+        signed.decide_at(&signed_here, 1_001).outcome(),
+        Outcome::Stick(_)
     ));
 }
 

@@ -5,18 +5,45 @@ use std::sync::Arc;
 
 use crate::target::Source;
 
-/// The outcome of [`Sticky::decide`](crate::Sticky::decide).
+/// What [`Sticky::decide`](crate::Sticky::decide) answers: the outcome of
+/// the decision table, and whether the answer closes its connection (this
+/// Machine is draining).
 ///
-/// Adapters map it without further logic:
+/// Adapters need two arms, taken from [`into_action`](Self::into_action):
+/// run the handler and [`Finish`] its response, or [`Answer`] at once.
+/// Tests and logs look at the [`Outcome`] (with its [`Reason`]); a
+/// `Decision` compares equal to an `Outcome` when its outcome is that one.
 ///
-/// | variant | adapter does |
-/// |---|---|
-/// | [`Stick`](Decision::Stick) | run the handler, touch nothing |
-/// | [`SetCookie`](Decision::SetCookie) | run the handler, then add [`SetCookie::headers`] to its response |
-/// | [`Replay`](Decision::Replay), [`Refuse`](Decision::Refuse) | do **not** run the handler; answer with the [`ShortCircuit`] (status, headers, empty body) |
+/// ```
+/// use sticky_core::{Action, Env, Outcome, Reason, Source, Sticky};
+///
+/// let sticky = Sticky::builder().build(Env::machine("148ed599c14189"))?;
+/// let req = http::Request::get("/").header("cookie", "fly-machine-id=148ed599c14189").body(()).unwrap();
+/// let decision = sticky.decide(&req);
+/// assert_eq!(decision, Outcome::Stick(Reason::PinnedHere(Source::Cookie)));
+/// match decision.into_action() {
+///     Action::Run(finish) => assert!(finish.is_empty()),
+///     Action::Answer(_) => unreachable!("pinned here"),
+/// }
+/// # Ok::<(), sticky_core::ConfigError>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[must_use]
-pub enum Decision {
+pub struct Decision {
+    pub(crate) outcome: Outcome,
+    pub(crate) close: bool,
+}
+
+/// The four outcomes of the decision table.
+///
+/// | variant | the request |
+/// |---|---|
+/// | [`Stick`](Outcome::Stick) | is served here; nothing is added |
+/// | [`SetCookie`](Outcome::SetCookie) | is served here; the response gets the pin cookie |
+/// | [`Replay`](Outcome::Replay) | is not served: Fly's proxy replays it elsewhere |
+/// | [`Refuse`](Outcome::Refuse) | is not served: a policy refuses it here (503 or 413) |
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
     /// Serve the request here; add nothing.
     Stick(Reason),
     /// Serve the request here, then add this cookie to the response.
@@ -27,29 +54,47 @@ pub enum Decision {
     Refuse(ShortCircuit, Reason),
 }
 
-impl Decision {
-    /// Why this decision was taken.
+impl Outcome {
+    /// Why this outcome was chosen.
     pub fn reason(&self) -> Reason {
         match self {
-            Decision::Stick(r)
-            | Decision::SetCookie(_, r)
-            | Decision::Replay(_, r)
-            | Decision::Refuse(_, r) => *r,
+            Outcome::Stick(r)
+            | Outcome::SetCookie(_, r)
+            | Outcome::Replay(_, r)
+            | Outcome::Refuse(_, r) => *r,
         }
+    }
+}
+
+impl PartialEq<Outcome> for Decision {
+    fn eq(&self, other: &Outcome) -> bool {
+        self.outcome == *other
+    }
+}
+
+impl Decision {
+    /// The outcome of the decision table.
+    pub fn outcome(&self) -> &Outcome {
+        &self.outcome
+    }
+
+    /// Why this decision was taken.
+    pub fn reason(&self) -> Reason {
+        self.outcome.reason()
     }
 
     /// The response to answer with instead of running the handler, if any.
     pub fn short_circuit(&self) -> Option<&ShortCircuit> {
-        match self {
-            Decision::Replay(sc, _) | Decision::Refuse(sc, _) => Some(sc),
-            Decision::Stick(_) | Decision::SetCookie(..) => None,
+        match &self.outcome {
+            Outcome::Replay(sc, _) | Outcome::Refuse(sc, _) => Some(sc),
+            Outcome::Stick(_) | Outcome::SetCookie(..) => None,
         }
     }
 
     /// The cookie to add to the handler's response, if any.
     pub fn set_cookie(&self) -> Option<&SetCookie> {
-        match self {
-            Decision::SetCookie(c, _) => Some(c),
+        match &self.outcome {
+            Outcome::SetCookie(c, _) => Some(c),
             _ => None,
         }
     }
@@ -57,6 +102,182 @@ impl Decision {
     /// Whether the handler runs (`Stick` or `SetCookie`).
     pub fn runs_handler(&self) -> bool {
         self.short_circuit().is_none()
+    }
+
+    /// Whether the answer, whichever it is, must close its connection:
+    /// this Machine is draining, so the proxy's kept-alive connections to
+    /// it are closed one by one and none is reused at the instant the
+    /// server exits (see [Draining](crate#draining-on-shutdown)).
+    pub fn closes_connection(&self) -> bool {
+        self.close
+    }
+
+    /// The two arms an adapter maps: run the handler, or answer now.
+    pub fn into_action(self) -> Action {
+        let close = self.close;
+        match self.outcome {
+            Outcome::Stick(_) => Action::Run(Finish {
+                cookie: None,
+                close,
+            }),
+            Outcome::SetCookie(cookie, _) => Action::Run(Finish {
+                cookie: Some(cookie),
+                close,
+            }),
+            Outcome::Replay(reply, _) | Outcome::Refuse(reply, _) => {
+                Action::Answer(Answer { reply, close })
+            }
+        }
+    }
+}
+
+/// What an adapter does with a request: the two arms of a [`Decision`].
+///
+/// ```
+/// use sticky_core::{Action, Env, Sticky};
+///
+/// let sticky = Sticky::builder().build(Env::machine("148ed599c14189"))?;
+/// let req = http::Request::get("/").header("cookie", "fly-machine-id=90801679a10038").body(()).unwrap();
+/// let response: http::Response<String> = match sticky.decide(&req).into_action() {
+///     Action::Run(finish) => {
+///         let mut response = http::Response::new("served here".to_owned()); // the handler
+///         finish.apply(response.status(), response.headers_mut());
+///         response
+///     }
+///     // Read and drop `answer.body_to_read()` bytes of the body first.
+///     Action::Answer(answer) => answer.to_response(),
+/// };
+/// assert_eq!(response.status(), 307);
+/// assert_eq!(response.headers()["fly-replay"], "prefer_instance=90801679a10038");
+/// # Ok::<(), sticky_core::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[must_use]
+pub enum Action {
+    /// Run the handler, then add [`Finish::headers`] to its response.
+    Run(Finish),
+    /// Do not run the handler: read and drop [`Answer::body_to_read`] bytes
+    /// of the request body, then send this answer.
+    Answer(Answer),
+}
+
+/// What to add to the handler's response: the pin cookie (with
+/// `Cache-Control: private`) and, while draining, `Connection: close`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finish {
+    cookie: Option<SetCookie>,
+    close: bool,
+}
+
+impl Finish {
+    /// Nothing to add: the handler's response goes out untouched.
+    pub fn is_empty(&self) -> bool {
+        self.cookie.is_none() && !self.close
+    }
+
+    /// The pin cookie to add, if any.
+    pub fn cookie(&self) -> Option<&SetCookie> {
+        self.cookie.as_ref()
+    }
+
+    /// Whether a response with this status gets `Connection: close`: while
+    /// draining, except on `101 Switching Protocols`, whose connection
+    /// belongs to the upgraded protocol (its `Connection: upgrade` stays).
+    pub fn closes(&self, status: u16) -> bool {
+        self.close && status != 101
+    }
+
+    /// The headers to add to a response with `status` (lowercase names):
+    /// the cookie's (see [`SetCookie::headers`]) and `connection: close`
+    /// when [`closes`](Self::closes). `connection` replaces any the response
+    /// has; the others are appended.
+    pub fn headers(
+        &self,
+        status: u16,
+        response_has_cache_control: bool,
+    ) -> impl Iterator<Item = (&'static str, &[u8])> + '_ {
+        let cookie = self
+            .cookie
+            .iter()
+            .flat_map(move |c| c.headers(response_has_cache_control));
+        cookie.chain(self.closes(status).then_some(CONNECTION_CLOSE))
+    }
+
+    /// Adds [`headers`](Self::headers) to the headers of an `http` 1.x
+    /// response with `status`.
+    #[cfg(feature = "http")]
+    pub fn apply(&self, status: http::StatusCode, headers: &mut http::HeaderMap) {
+        if let Some(cookie) = &self.cookie {
+            cookie.apply(headers);
+        }
+        if self.closes(status.as_u16()) {
+            headers.insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+    }
+}
+
+/// `Connection: close`, sent with every answer while draining.
+const CONNECTION_CLOSE: (&str, &[u8]) = ("connection", b"close");
+
+/// A response to send instead of running the handler: a [`ShortCircuit`]
+/// (status, headers, empty body), closing the connection while draining.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Answer {
+    reply: ShortCircuit,
+    close: bool,
+}
+
+impl Answer {
+    /// The status code (never 101).
+    pub fn status(&self) -> u16 {
+        self.reply.status
+    }
+
+    /// The `fly-replay` header value, for a replay.
+    pub fn fly_replay(&self) -> Option<&str> {
+        self.reply.fly_replay()
+    }
+
+    /// How many bytes of the request body to read and drop first (see
+    /// [`ShortCircuit::body_to_read`]).
+    pub fn body_to_read(&self) -> u64 {
+        self.reply.body_to_read
+    }
+
+    /// Whether the answer carries `Connection: close` (draining).
+    pub fn closes_connection(&self) -> bool {
+        self.close
+    }
+
+    /// The replay or refusal itself.
+    pub fn short_circuit(&self) -> &ShortCircuit {
+        &self.reply
+    }
+
+    /// The headers to send (lowercase names): `fly-replay` for a replay,
+    /// and `connection: close` while draining.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> + '_ {
+        self.reply
+            .headers()
+            .chain(self.close.then_some(CONNECTION_CLOSE))
+    }
+
+    /// Builds an `http` 1.x response with an empty (default) body.
+    #[cfg(feature = "http")]
+    pub fn to_response<B: Default>(&self) -> http::Response<B> {
+        let mut res = http::Response::new(B::default());
+        *res.status_mut() = http::StatusCode::from_u16(self.status())
+            .unwrap_or(http::StatusCode::TEMPORARY_REDIRECT);
+        for (name, value) in self.headers() {
+            if let Ok(value) = http::HeaderValue::from_bytes(value) {
+                res.headers_mut()
+                    .append(http::HeaderName::from_static(name), value);
+            }
+        }
+        res
     }
 }
 
@@ -290,9 +511,8 @@ impl ShortCircuit {
 
     /// How many bytes of the request body to read and drop before sending
     /// this answer: the declared `Content-Length` of a replayed request (at
-    /// most the body limit, 1 MB: row 6 serves larger ones here), else 0. A
-    /// server that answers with the body unread closes the connection,
-    /// which resets it, and the proxy can lose the answer.
+    /// most the body limit, 1 MB: row 6 serves larger ones here), else 0.
+    /// See [Reading the body before a replay](crate#reading-the-body-before-a-replay).
     ///
     /// ```
     /// # use sticky_core::{Env, Sticky};
@@ -313,30 +533,5 @@ impl ShortCircuit {
         self.fly_replay()
             .map(|v| ("fly-replay", v.as_bytes()))
             .into_iter()
-    }
-
-    /// Builds an `http` 1.x response with an empty (default) body.
-    ///
-    /// ```
-    /// # use sticky_core::{Env, RequestView, Sticky};
-    /// let sticky = Sticky::builder().build(Env::machine("148ed599c14189")).unwrap();
-    /// let req = http::Request::get("/").header("cookie", "fly-machine-id=90801679a10038").body(()).unwrap();
-    /// let decision = sticky.decide(&req);
-    /// let res: http::Response<String> = decision.short_circuit().unwrap().to_response();
-    /// assert_eq!(res.status(), 307);
-    /// assert_eq!(res.headers()["fly-replay"], "prefer_instance=90801679a10038");
-    /// ```
-    #[cfg(feature = "http")]
-    pub fn to_response<B: Default>(&self) -> http::Response<B> {
-        let mut res = http::Response::new(B::default());
-        *res.status_mut() =
-            http::StatusCode::from_u16(self.status).unwrap_or(http::StatusCode::TEMPORARY_REDIRECT);
-        for (name, value) in self.headers() {
-            if let Ok(value) = http::HeaderValue::from_bytes(value) {
-                res.headers_mut()
-                    .append(http::HeaderName::from_static(name), value);
-            }
-        }
-        res
     }
 }

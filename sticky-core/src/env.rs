@@ -4,7 +4,7 @@
 ///
 /// Read it once with [`Env::from_process`]; tests build it by hand. An `Env`
 /// without a Machine ID means "not on Fly": every decision is then
-/// [`Decision::Stick`](crate::Decision::Stick) and nothing is touched.
+/// [`Outcome::Stick`](crate::Outcome::Stick) and nothing is touched.
 ///
 /// ```
 /// use sticky_core::Env;

@@ -7,8 +7,11 @@
 //! the target format when the live set was given, reaches a header.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 
+use crate::engine::Sticky;
+use crate::find::{Id, Target};
+use crate::target::Source;
 use crate::view::RequestView;
 
 /// A key taken from the request by a closure.
@@ -263,6 +266,72 @@ pub(crate) enum CompiledKey {
     Cookie(Box<crate::target::CookieScanner>),
     ClientIp,
     Custom(KeyFn),
+}
+
+/// The live set, as the engine keeps it (replaced whole, read per key).
+impl Sticky {
+    /// The Machine a request's key maps to, from the first key source that
+    /// yields a key, when the live set is not empty.
+    pub(crate) fn key_target<V: RequestView>(&self, req: &V) -> Option<Target<'static>> {
+        let inner = &*self.inner;
+        if inner.keys.is_empty() {
+            return None;
+        }
+        let region = inner.key_region.as_deref();
+        // The live set is fetched once a key is found: requests without a
+        // key (most, when keys and cookies are mixed) never touch its lock,
+        // whose cache line would otherwise bounce between worker threads.
+        let mut peers: Option<Arc<PeerSet>> = None;
+        let mut id = None;
+        for source in &inner.keys {
+            if key_of(source, req, &mut |key| {
+                let set = peers.get_or_insert_with(|| self.peers());
+                id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
+                id.is_some()
+            }) {
+                break;
+            }
+            if peers.as_ref().is_some_and(|set| set.is_empty()) {
+                return None;
+            }
+        }
+        id.map(|id| Target {
+            id,
+            source: Source::Key,
+            stamps: None,
+        })
+    }
+
+    /// Replaces the live Machines used by key affinity. IDs that fail the
+    /// target format are dropped (a provider's data is not trusted blindly);
+    /// returns how many Machines were kept. Callable from any thread.
+    pub fn set_peers(&self, peers: impl IntoIterator<Item = Peer>) -> usize {
+        let format = &self.inner.format;
+        let set = PeerSet::new(peers.into_iter().filter(|p| format.accepts(p.id())));
+        let kept = set.len();
+        *self
+            .inner
+            .peers
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
+        kept
+    }
+
+    /// The live Machines used by key affinity.
+    pub fn peers(&self) -> Arc<PeerSet> {
+        self.inner
+            .peers
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The Machine a key maps to now, as `decide` would resolve it.
+    pub fn resolve(&self, key: &[u8]) -> Option<String> {
+        self.peers()
+            .pick(key, self.inner.key_region.as_deref())
+            .map(|p| p.id().to_owned())
+    }
 }
 
 #[cfg(test)]

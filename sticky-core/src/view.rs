@@ -96,10 +96,27 @@ mod http_impls {
         HeaderName::from_static(READ_HEADERS[9]),
     ];
 
+    /// Calls `each` with every value of the header `name` (lowercase) in an
+    /// `http` 1.x header map, in order, until it breaks: the lookup behind
+    /// every `http` view here, for views of one's own that keep the header
+    /// map apart from the method and path (as warp's filters do).
+    ///
     /// Looking a header up by `&str` makes `http` validate and lowercase the
     /// name on every call, a quarter of the Stick path; the engine's own
     /// headers are looked up by their parsed name instead.
-    fn each_value<'a>(
+    ///
+    /// ```
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.append("cookie", "a=1".parse().unwrap());
+    /// headers.append("cookie", "b=2".parse().unwrap());
+    /// let mut seen = Vec::new();
+    /// sticky_core::http_header_values(&headers, "cookie", &mut |v| {
+    ///     seen.push(v);
+    ///     std::ops::ControlFlow::Continue(())
+    /// });
+    /// assert_eq!(seen, [&b"a=1"[..], b"b=2"]);
+    /// ```
+    pub fn each_value<'a>(
         map: &'a http::HeaderMap,
         name: &str,
         each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
@@ -198,4 +215,4 @@ mod http_impls {
 }
 
 #[cfg(feature = "http")]
-pub use http_impls::HttpView;
+pub use http_impls::{HttpView, each_value as http_header_values};

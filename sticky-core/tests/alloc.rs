@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use sticky_core::{Decision, Env, Sticky};
+use sticky_core::{Decision, Env, Outcome, Sticky};
 
 struct Counting;
 
@@ -66,7 +66,7 @@ fn allocation_counts_per_path() {
 
     let here = request(Some(S), &[]);
     let (n, d) = allocations(|| sticky.decide(&here));
-    assert!(matches!(d, Decision::Stick(_)));
+    assert!(matches!(d.outcome(), Outcome::Stick(_)));
     assert_eq!(
         n, 0,
         "Stick path (cookie names this Machine, path rules on)"
@@ -75,7 +75,7 @@ fn allocation_counts_per_path() {
 
     let first = request(None, &[("x-forwarded-proto", "https")]);
     let (n, d) = allocations(|| sticky.decide(&first));
-    assert!(matches!(d, Decision::SetCookie(..)));
+    assert!(matches!(d.outcome(), Outcome::SetCookie(..)));
     assert_eq!(
         n, 0,
         "first visit: the Set-Cookie for this Machine is shared, rendered at start-up"
@@ -84,19 +84,19 @@ fn allocation_counts_per_path() {
 
     let elsewhere = request(Some(T), &[]);
     let (n, d) = allocations(|| sticky.decide(&elsewhere));
-    assert!(matches!(d, Decision::Replay(..)));
+    assert!(matches!(d.outcome(), Outcome::Replay(..)));
     assert_eq!(n, 1, "Replay: one allocation, the fly-replay value");
     drop(d);
 
     let replayed = request(Some(T), &[("fly-replay-src", "instance=x")]);
     let (n, d) = allocations(|| sticky.decide(&replayed));
-    assert!(matches!(d, Decision::SetCookie(..)));
+    assert!(matches!(d.outcome(), Outcome::SetCookie(..)));
     assert_eq!(n, 0, "row 5 re-pin");
     drop(d);
 
     sticky.drain();
     let (n, d) = allocations(|| sticky.decide(&here));
-    assert!(matches!(d, Decision::Replay(..)));
+    assert!(matches!(d.outcome(), Outcome::Replay(..)));
     assert_eq!(n, 0, "drain: elsewhere=true is shared");
 }
 
@@ -126,12 +126,12 @@ fn signed_allocation_counts() {
         .to_owned();
     let here = request(Some(&value), &[]);
     let (n, d) = allocations(|| sticky.decide_at(&here, 1_001));
-    assert!(matches!(d, Decision::Stick(_)));
+    assert!(matches!(d.outcome(), Outcome::Stick(_)));
     // Verification goes through the cookie crate's SignedJar: an owned name
     // and value, the jar, the decoded MAC. Stated, not a budget.
     println!("signed Stick path: {n} allocations");
     assert!(n <= 12, "signed verification allocated {n} times");
     let (n, d) = allocations(|| other.decide_at(&here, 1_001));
-    assert!(matches!(d, Decision::Replay(..)));
+    assert!(matches!(d.outcome(), Outcome::Replay(..)));
     println!("signed Replay path: {n} allocations");
 }

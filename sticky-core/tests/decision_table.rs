@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use common::{Req, S, T};
 use sticky_core::{
-    BodyProblem, Decision, Env, Fallback, LargeBody, Marker, Reason, Rejected, Replay, SameSite,
-    Secure, Source, Sticky, TargetFormat, Unavailable,
+    Action, BodyProblem, Decision, Env, Fallback, LargeBody, Marker, Outcome, Reason, Rejected,
+    Replay, SameSite, Secure, Source, Sticky, TargetFormat, Unavailable,
 };
 
 fn sticky() -> Sticky {
@@ -32,12 +32,12 @@ fn row1_not_on_fly_touches_nothing() {
         Req::get("/").cookie(T),
         Req::new("POST", "/x"),
     ] {
-        assert_eq!(s.decide(&req), Decision::Stick(Reason::Disabled));
+        assert_eq!(s.decide(&req), Outcome::Stick(Reason::Disabled));
     }
     s.drain();
     assert_eq!(
         s.decide(&Req::get("/").cookie(S)),
-        Decision::Stick(Reason::Disabled)
+        Outcome::Stick(Reason::Disabled)
     );
 }
 
@@ -86,7 +86,7 @@ fn row2_paths_methods_predicate_and_preflight() {
         .cookie(T)
         .header("origin", "https://a.example")
         .header("access-control-request-method", "POST");
-    assert_eq!(s.decide(&preflight), Decision::Stick(Reason::Preflight));
+    assert_eq!(s.decide(&preflight), Outcome::Stick(Reason::Preflight));
     // A plain OPTIONS is not a preflight.
     assert_eq!(
         s.decide(&Req::new("OPTIONS", "/ws").cookie(T))
@@ -139,7 +139,7 @@ fn row4_pinned_here_sticks_without_cookie() {
     let s = sticky();
     assert_eq!(
         s.decide(&Req::get("/").cookie(S)),
-        Decision::Stick(Reason::PinnedHere(Source::Cookie))
+        Outcome::Stick(Reason::PinnedHere(Source::Cookie))
     );
     let refreshing = Sticky::builder()
         .refresh(sticky_core::Refresh::EveryRequest)
@@ -176,7 +176,7 @@ fn row5_refuse_policy_answers_503() {
             .cookie(T)
             .header("fly-replay-failed", "reason=timeout"),
     );
-    assert!(matches!(d, Decision::Refuse(..)));
+    assert!(matches!(d.outcome(), Outcome::Refuse(..)));
     let sc = d.short_circuit().unwrap();
     assert_eq!(sc.status(), 503);
     assert_eq!(sc.headers().count(), 0);
@@ -224,7 +224,7 @@ fn row6_body_that_cannot_be_replayed_is_served_here() {
     for (req, problem) in cases {
         assert_eq!(
             s.decide(&req),
-            Decision::Stick(Reason::BodyNotReplayable(Source::Cookie, problem)),
+            Outcome::Stick(Reason::BodyNotReplayable(Source::Cookie, problem)),
             "{req:?}"
         );
     }
@@ -360,11 +360,12 @@ fn row8_draining_moves_new_and_pinned_here_requests() {
         .header("fly-replay-src", "instance=x");
     assert_eq!(
         s.decide(&replayed),
-        Decision::Stick(Reason::DrainingServedHere)
+        Outcome::Stick(Reason::DrainingServedHere)
     );
     let big = Req::new("POST", "/").header("content-length", "2000000");
-    assert_eq!(s.decide(&big), Decision::Stick(Reason::DrainingServedHere));
+    assert_eq!(s.decide(&big), Outcome::Stick(Reason::DrainingServedHere));
     s.undrain();
+    assert!(!s.decide(&Req::get("/").cookie(S)).closes_connection());
     assert_eq!(
         s.decide(&Req::get("/").cookie(S)).reason(),
         Reason::PinnedHere(Source::Cookie)
@@ -558,7 +559,10 @@ fn http_types_round_trip() {
         .body(())
         .unwrap()
         .into_parts();
-    let res: http::Response<()> = s.decide(&parts).short_circuit().unwrap().to_response();
+    let Action::Answer(answer) = s.decide(&parts).into_action() else {
+        panic!("a replay answers without the handler");
+    };
+    let res: http::Response<()> = answer.to_response();
     assert_eq!(res.status(), 307);
     assert_eq!(
         res.headers()["fly-replay"],
@@ -666,4 +670,60 @@ fn read_headers_lists_every_header_decide_reads() {
         engines[1].configured_cookies().collect::<Vec<_>>(),
         ["fly-machine-id", "session"]
     );
+}
+
+#[test]
+fn row8_every_answer_closes_its_connection_while_draining() {
+    let s = Sticky::builder()
+        .exclude(["/health"])
+        .build(Env::machine(S))
+        .unwrap();
+    let cases = [
+        Req::get("/health"),
+        Req::get("/").cookie(T),
+        Req::get("/").cookie(S),
+        Req::get("/")
+            .cookie(S)
+            .header("fly-replay-src", "instance=x"),
+    ];
+    for req in &cases {
+        assert!(!s.decide(req).closes_connection(), "{req:?}");
+    }
+    s.drain();
+    for req in &cases {
+        let d = s.decide(req);
+        assert!(d.closes_connection(), "{req:?}");
+        match d.into_action() {
+            Action::Run(finish) => {
+                assert!(finish.closes(200));
+                assert!(
+                    finish
+                        .headers(200, false)
+                        .any(|h| h == ("connection", &b"close"[..]))
+                );
+                let mut headers = http::HeaderMap::new();
+                headers.insert("connection", "keep-alive".parse().unwrap());
+                finish.apply(http::StatusCode::OK, &mut headers);
+                let values: Vec<_> = headers.get_all("connection").iter().collect();
+                assert_eq!(values, ["close"], "replaced, not appended");
+                // An upgrade keeps its connection: it belongs to the new protocol.
+                assert!(!finish.closes(101));
+                let mut upgrade = http::HeaderMap::new();
+                upgrade.insert("connection", "upgrade".parse().unwrap());
+                finish.apply(http::StatusCode::SWITCHING_PROTOCOLS, &mut upgrade);
+                assert_eq!(upgrade["connection"], "upgrade");
+            }
+            Action::Answer(answer) => {
+                assert!(answer.closes_connection());
+                let res: http::Response<()> = answer.to_response();
+                assert_eq!(res.headers()["connection"], "close");
+            }
+        }
+    }
+    // Disabled engines drain too: a Machine off Fly still closes on SIGTERM.
+    let off = Sticky::builder().build(Env::default()).unwrap();
+    off.drain();
+    assert!(off.decide(&Req::get("/")).closes_connection());
+    assert!(off.skipped().closes_connection());
+    assert_eq!(off.skipped(), Outcome::Stick(Reason::Skipped));
 }

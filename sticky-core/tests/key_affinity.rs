@@ -5,7 +5,7 @@ mod common;
 
 use common::Req;
 use sticky_core::{
-    BodyProblem, ConfigError, Decision, Env, KeySource, Marker, Peer, PeerSet, Reason, Source,
+    BodyProblem, ConfigError, Env, KeySource, Marker, Outcome, Peer, PeerSet, Reason, Source,
     Sticky,
 };
 
@@ -123,7 +123,7 @@ fn key_pinned_requests_follow_the_table() {
     let there = key_for(&s, B);
 
     let d = s.decide(&Req::get("/api/tenant").header("x-tenant-id", &here));
-    assert_eq!(d, Decision::Stick(Reason::PinnedHere(Source::Key)));
+    assert_eq!(d, Outcome::Stick(Reason::PinnedHere(Source::Key)));
 
     let d = s.decide(
         &Req::get("/api/tenant")
@@ -147,7 +147,7 @@ fn key_pinned_requests_follow_the_table() {
     );
     assert_eq!(
         d,
-        Decision::Stick(Reason::AlreadyReplayed(Source::Key, Marker::ReplaySrc))
+        Outcome::Stick(Reason::AlreadyReplayed(Source::Key, Marker::ReplaySrc))
     );
     // Large bodies are served here.
     let d = s.decide(
@@ -157,7 +157,7 @@ fn key_pinned_requests_follow_the_table() {
     );
     assert_eq!(
         d,
-        Decision::Stick(Reason::BodyNotReplayable(
+        Outcome::Stick(Reason::BodyNotReplayable(
             Source::Key,
             BodyProblem::TooLarge
         ))
@@ -203,7 +203,7 @@ fn key_only_configurations_set_no_cookie() {
         .peers([A, B].map(Peer::new))
         .build(Env::machine(A))
         .unwrap();
-    assert_eq!(s.decide(&Req::get("/")), Decision::Stick(Reason::NoTarget));
+    assert_eq!(s.decide(&Req::get("/")), Outcome::Stick(Reason::NoTarget));
 }
 
 #[test]

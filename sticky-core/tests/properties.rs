@@ -9,7 +9,7 @@ mod common;
 
 use common::{Req, S, T};
 use proptest::prelude::*;
-use sticky_core::{Decision, Env, Marker, Sticky, TargetFormat};
+use sticky_core::{Env, Marker, Outcome, Sticky, TargetFormat};
 
 /// Bytes an attacker would try: separators, quotes, encodings, CR/LF, IDs.
 fn nasty_text() -> impl Strategy<Value = String> {
@@ -158,7 +158,7 @@ proptest! {
         for (i, sticky) in engines().into_iter().enumerate() {
             if drain { sticky.drain(); }
             let d = sticky.decide(&req);
-            if let Decision::Replay(sc, _) = &d {
+            if let Outcome::Replay(sc, _) = d.outcome() {
                 prop_assert!(sc.status() != 101 && (200..=599).contains(&sc.status()));
                 let value = sc.fly_replay().expect("a replay carries fly-replay");
                 let fields = parse_fly_replay(value).map_err(|e| TestCaseError::fail(format!("{e} in {value:?}")))?;
@@ -189,7 +189,7 @@ proptest! {
         for sticky in engines() {
             if drain { sticky.drain(); }
             let d = sticky.decide(&req);
-            prop_assert!(!matches!(d, Decision::Replay(..)), "{d:?}");
+            prop_assert!(!matches!(d.outcome(), Outcome::Replay(..)), "{d:?}");
         }
     }
 }
@@ -251,7 +251,7 @@ mod signed {
                 matches!(d.reason(), Reason::InvalidTarget(Source::Cookie, _) | Reason::NoTarget),
                 "forged {forged:?} was trusted: {d:?}"
             );
-            prop_assert!(!matches!(d, Decision::Replay(..)));
+            prop_assert!(!matches!(d.outcome(), Outcome::Replay(..)));
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Req, S, T};
-use sticky_core::{Decision, Env, Reason, Refresh, Rejected, Source, Sticky};
+use sticky_core::{Env, Outcome, Reason, Refresh, Rejected, Source, Sticky};
 
 const OLD: &[u8] = b"an old signing key of at least thirty-two bytes";
 const NEW: &[u8] = b"the new signing key, also at least thirty-two bytes";
@@ -45,7 +45,7 @@ fn a_signed_pin_replays_and_sticks() {
         Some("prefer_instance=90801679a10038")
     );
     let d = there.decide_at(&Req::get("/").cookie(&value), 10_001);
-    assert_eq!(d, Decision::Stick(Reason::PinnedHere(Source::Cookie)));
+    assert_eq!(d, Outcome::Stick(Reason::PinnedHere(Source::Cookie)));
 }
 
 #[test]

@@ -8,8 +8,8 @@ mod common;
 
 use common::{Req, S, T};
 use sticky_core::{
-    Decision, Env, KeySource, Marker, Peer, Reason, Rejected, Replay, Source, Sticky, TargetFormat,
-    Unavailable,
+    Decision, Env, KeySource, Marker, Outcome, Peer, Reason, Rejected, Replay, Source, Sticky,
+    TargetFormat, Unavailable,
 };
 
 /// A third Machine of the same app.
@@ -147,7 +147,7 @@ fn tossed_cookie_cannot_move_a_client_pinned_here() {
     ] {
         assert_eq!(
             s.decide(&req),
-            Decision::Stick(Reason::PinnedHere(Source::Cookie)),
+            Outcome::Stick(Reason::PinnedHere(Source::Cookie)),
             "{req:?}"
         );
     }
@@ -273,7 +273,7 @@ fn spoofed_replay_markers_only_serve_the_spoofer_here() {
                 .cookie(S)
                 .header(marker.header(), "instance=x"),
         );
-        assert_eq!(d, Decision::Stick(Reason::PinnedHere(Source::Cookie)));
+        assert_eq!(d, Outcome::Stick(Reason::PinnedHere(Source::Cookie)));
     }
 }
 
@@ -464,7 +464,7 @@ fn a_request_with_any_replay_marker_is_never_replayed() {
                     let marked = req.clone().header(marker.header(), "instance=x");
                     let d = s.decide(&marked);
                     assert!(
-                        !matches!(d, Decision::Replay(..)),
+                        !matches!(d.outcome(), Outcome::Replay(..)),
                         "{marker:?} drain={drain}: {req:?} -> {d:?}"
                     );
                 }
@@ -499,7 +499,7 @@ fn a_draining_machine_replays_elsewhere_and_the_next_one_serves() {
     b.drain();
     assert_eq!(
         b.decide(&replayed),
-        Decision::Stick(Reason::DrainingServedHere)
+        Outcome::Stick(Reason::DrainingServedHere)
     );
 }
 

@@ -27,15 +27,13 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .ok_or("examples/axum is missing")?;
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
     runtime.block_on(async move {
-        let config = Config {
-            machines: 3,
-            front_addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            admin_addr: serve.then(|| SocketAddr::from(([127, 0, 0, 1], 0))),
-            app_name: "sticky-demo".to_owned(),
-            child_output: ChildOutput::Null,
-            quiet: true,
-            ..Config::default()
-        };
+        let config = Config::default()
+            .machines(3)
+            .front_addr(SocketAddr::from(([127, 0, 0, 1], port)))
+            .admin_addr(serve.then(|| SocketAddr::from(([127, 0, 0, 1], 0))))
+            .app_name("sticky-demo")
+            .child_output(ChildOutput::Null)
+            .quiet(true);
         let program = binary.to_string_lossy().into_owned();
         let sim = FlySim::start(config, Launch::command(program, Vec::<String>::new()))
             .await

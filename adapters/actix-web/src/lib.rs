@@ -1,6 +1,6 @@
 //! Session affinity on [Fly.io](https://fly.io) for [actix-web].
 //!
-//! [`Sticky`] is an actix-web middleware (a [`Transform`] used with
+//! [`StickyMiddleware`] is an actix-web middleware (a [`Transform`] used with
 //! `.wrap(...)`). For each request it asks [`sticky_core::Sticky::decide`]
 //! and then either calls the wrapped service unchanged, calls it and appends
 //! the sticky `Set-Cookie` to its response, or answers at once with a
@@ -28,7 +28,7 @@
 //!         App::new()
 //!             .route("/", web::get().to(|| async { "hello from this Machine" }))
 //!             .route("/health", web::get().to(|| async { "ok" }))
-//!             .wrap(sticky_actix_web::Sticky::new(sticky.clone()))
+//!             .wrap(sticky_actix_web::StickyMiddleware::new(sticky.clone()))
 //!     })
 //!     .bind(("0.0.0.0", 8080))?
 //!     .run()
@@ -54,7 +54,7 @@
 //! let app = test::init_service(
 //!     App::new()
 //!         .route("/", web::get().to(|| async { "served here" }))
-//!         .wrap(sticky_actix_web::Sticky::new(sticky)),
+//!         .wrap(sticky_actix_web::StickyMiddleware::new(sticky)),
 //! )
 //! .await;
 //!
@@ -96,7 +96,7 @@
 //!     let server = HttpServer::new(move || {
 //!         App::new()
 //!             .route("/", web::get().to(|| async { "hello" }))
-//!             .wrap(sticky_actix_web::Sticky::new(engine.clone()))
+//!             .wrap(sticky_actix_web::StickyMiddleware::new(engine.clone()))
 //!     })
 //!     .disable_signals()
 //!     .shutdown_timeout(5)
@@ -118,16 +118,14 @@
 //! # }
 //! ```
 //!
-//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
-//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
-//! `examples/actix-web` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
-//! once); `examples/actix-web/tests/shutdown.rs` checks it on the running binary.
+//! What draining does, and the `fly.toml` settings it needs, are in
+//! [`sticky_core`'s docs](sticky_core#draining-on-shutdown).
 //!
 //! # Skipping requests
 //!
 //! Path globs, methods and a predicate over the request view are configured
 //! on the [`sticky_core::Sticky`] builder and behave the same in every
-//! framework. [`Sticky::skip_if`] adds a predicate over the full
+//! framework. [`StickyMiddleware::skip_if`] adds a predicate over the full
 //! [`ServiceRequest`] (extensions, app data, peer address) for actix-specific
 //! needs.
 //!
@@ -142,15 +140,11 @@
 //! - A WebSocket upgrade that must be replayed gets the replay status
 //!   (307 by default), never `101`; actix-web then answers with
 //!   `connection: close`, which Fly's proxy handles.
-//! - A replay is answered once the request's body has been read and dropped
-//!   (at most 1 MB: larger bodies are never replayed): a server that answers
-//!   early and closes the connection with the body unread resets it, and the
-//!   proxy can lose the answer (RFC 9112, section 9.6). Other short-circuits
-//!   leave the body to actix-web. An upgrade request's payload (the upgraded
-//!   stream) is never read.
-//! - While the engine drains, every answer closes its connection
-//!   (`Connection: close`), so that no kept-alive connection from the proxy
-//!   is still open, and reused, at the instant the server exits.
+//! - The [adapter contract](sticky_core#the-adapter-contract) holds here as
+//!   everywhere: a replay reads the body it names first (an upgrade's
+//!   payload, the upgraded stream, is never read), and while draining every
+//!   answer closes its connection (actix-web writes `Connection` from the
+//!   response's connection type, so that is what is set).
 //!
 //! [actix-web]: https://actix.rs
 #![forbid(unsafe_code)]
@@ -171,7 +165,7 @@ use actix_web::{HttpMessage, HttpResponse};
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, READ_HEADERS, RequestView, SetCookie, ShortCircuit};
+use sticky_core::{Action, Answer, Finish, READ_HEADERS, RequestView};
 
 /// A predicate that exempts a request from stickiness.
 ///
@@ -205,21 +199,22 @@ where
 ///
 /// ```
 /// use actix_web::{App, web};
+/// use sticky_actix_web::StickyMiddleware;
 /// use sticky_actix_web::sticky_core::{Env, Sticky};
 ///
 /// let sticky = Sticky::builder().build(Env::default()).unwrap();
 /// let app = App::new()
 ///     .route("/", web::get().to(|| async { "hi" }))
-///     .wrap(sticky_actix_web::Sticky::new(sticky));
+///     .wrap(StickyMiddleware::new(sticky));
 /// # let _ = app;
 /// ```
 #[derive(Clone, Debug)]
-pub struct Sticky<P = NoSkip> {
+pub struct StickyMiddleware<P = NoSkip> {
     sticky: sticky_core::Sticky,
     skip: P,
 }
 
-impl Sticky {
+impl StickyMiddleware {
     /// A middleware deciding with `sticky`.
     pub fn new(sticky: sticky_core::Sticky) -> Self {
         Self {
@@ -229,23 +224,30 @@ impl Sticky {
     }
 }
 
-impl<P> Sticky<P> {
+impl From<sticky_core::Sticky> for StickyMiddleware {
+    fn from(sticky: sticky_core::Sticky) -> Self {
+        Self::new(sticky)
+    }
+}
+
+impl<P> StickyMiddleware<P> {
     /// Bypasses the middleware for requests where `skip` returns true.
     ///
     /// ```
     /// # use sticky_actix_web::sticky_core::{Env, Sticky};
     /// use actix_web::dev::ServiceRequest;
+    /// use sticky_actix_web::StickyMiddleware;
     ///
     /// let sticky = Sticky::builder().build(Env::default()).unwrap();
-    /// let middleware = sticky_actix_web::Sticky::new(sticky)
+    /// let middleware = StickyMiddleware::new(sticky)
     ///     .skip_if(|req: &ServiceRequest| req.headers().contains_key("x-internal"));
     /// # let _ = middleware;
     /// ```
-    pub fn skip_if<F>(self, skip: F) -> Sticky<F>
+    pub fn skip_if<F>(self, skip: F) -> StickyMiddleware<F>
     where
         F: Fn(&ServiceRequest) -> bool,
     {
-        Sticky {
+        StickyMiddleware {
             sticky: self.sticky,
             skip,
         }
@@ -257,19 +259,19 @@ impl<P> Sticky<P> {
     }
 }
 
-impl<S, B, P> Transform<S, ServiceRequest> for Sticky<P>
+impl<S, B, P> Transform<S, ServiceRequest> for StickyMiddleware<P>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
     P: Skip + Clone,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Transform = StickyMiddleware<S, P>;
+    type Transform = StickyService<S, P>;
     type InitError = ();
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(StickyMiddleware {
+        ready(Ok(StickyService {
             service,
             sticky: self.sticky.clone(),
             skip: self.skip.clone(),
@@ -277,76 +279,86 @@ where
     }
 }
 
-/// The service made by [`Sticky`] around the wrapped service.
+/// The service made by [`StickyMiddleware`] around the wrapped service.
 #[derive(Debug)]
-pub struct StickyMiddleware<S, P = NoSkip> {
+pub struct StickyService<S, P = NoSkip> {
     service: S,
     sticky: sticky_core::Sticky,
     skip: P,
 }
 
-impl<S, B, P> Service<ServiceRequest> for StickyMiddleware<S, P>
+impl<S, P> StickyService<S, P> {
+    /// The engine.
+    pub fn sticky(&self) -> &sticky_core::Sticky {
+        &self.sticky
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.service
+    }
+
+    /// Consumes the middleware, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.service
+    }
+}
+
+impl<S, B, P> Service<ServiceRequest> for StickyService<S, P>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
     P: Skip,
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = Error;
-    type Future = StickyFuture<S::Future, B>;
+    type Future = ResponseFuture<S::Future, B>;
 
     forward_ready!(service);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        // While draining, every answer closes its connection (see the crate docs).
-        let close = self.sticky.is_draining();
-        let kind = if self.skip.skip(&req) {
-            Kind::Inner {
-                future: self.service.call(req),
-                cookie: None,
-            }
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let decision = if self.skip.skip(&req) {
+            self.sticky.skipped()
         } else {
-            match self.sticky.decide(&View(&req)) {
-                Decision::Stick(_) => Kind::Inner {
-                    future: self.service.call(req),
-                    cookie: None,
-                },
-                Decision::SetCookie(cookie, _) => Kind::Inner {
-                    future: self.service.call(req),
-                    cookie: Some(cookie),
-                },
-                Decision::Replay(reply, _) if reply.body_to_read() > 0 => {
-                    // Read the body before answering: closing a connection
-                    // with its body unread resets it, and the proxy can lose
-                    // the answer.
-                    let mut req = req;
-                    let payload = req.take_payload();
-                    Kind::Drain {
-                        payload,
-                        left: reply.body_to_read(),
-                        response: Some(short_circuit(req, &reply)),
-                    }
-                }
-                Decision::Replay(reply, _) | Decision::Refuse(reply, _) => Kind::Ready {
-                    response: ready(Ok(short_circuit(req, &reply))),
-                },
-            }
+            self.sticky.decide(&View(&req))
         };
-        StickyFuture { kind, close }
+        let kind = match decision.into_action() {
+            Action::Run(finish) => Kind::Inner {
+                future: self.service.call(req),
+                finish,
+            },
+            Action::Answer(answer) => Kind::Answer {
+                // Other short-circuits leave the body to actix-web.
+                payload: if answer.body_to_read() > 0 {
+                    req.take_payload()
+                } else {
+                    Payload::None
+                },
+                left: answer.body_to_read(),
+                response: Some(short_circuit(req, &answer)),
+            },
+        };
+        ResponseFuture { kind }
     }
 }
 
 /// Answers `req` with the short-circuit (status, headers, empty body),
 /// dropping its unread body.
-fn short_circuit<B>(req: ServiceRequest, reply: &ShortCircuit) -> ServiceResponse<EitherBody<B>> {
+fn short_circuit<B>(req: ServiceRequest, answer: &Answer) -> ServiceResponse<EitherBody<B>> {
     // The core never yields 101 or an invalid status; 307 is its default.
-    let status = StatusCode::from_u16(reply.status()).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+    let status = StatusCode::from_u16(answer.status()).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
     let mut response = HttpResponse::new(status);
-    append(response.headers_mut(), reply.headers());
+    append(response.headers_mut(), answer.headers());
+    if answer.closes_connection() {
+        response
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
     req.into_response(response).map_into_right_body()
 }
 
 /// Appends headers yielded by the core (lowercase static names, validated
 /// values) to an actix-web header map, never replacing existing values.
+/// `connection` is left out: actix-web writes it from the connection type.
 fn append<'a>(map: &mut HeaderMap, headers: impl Iterator<Item = (&'static str, &'a [u8])>) {
     for (name, value) in headers {
         // Both were validated by the core; a failure would be a core bug and
@@ -364,10 +376,10 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
         "set-cookie" => Some(SET_COOKIE),
         "cache-control" => Some(CACHE_CONTROL),
         "fly-replay" => Some(FLY_REPLAY),
+        "connection" => None,
         other => HeaderName::from_lowercase(other.as_bytes()).ok(),
     }
 }
-
 /// The request view the engine decides on, borrowed from the actix-web request.
 struct View<'r>(&'r ServiceRequest);
 
@@ -417,44 +429,46 @@ static KNOWN: [HeaderName; READ_HEADERS.len()] = [
 ];
 
 pin_project! {
-    /// The future of [`StickyMiddleware`]: the wrapped service's future (plus
-    /// the cookie to append), or a ready short-circuit response.
-    pub struct StickyFuture<F, B> {
+    /// The future of [`StickyService`]: the wrapped service's future (then
+    /// the headers to add), or a short-circuit answer after reading the
+    /// body it names.
+    pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
-        close: bool,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
-        Inner { #[pin] future: F, cookie: Option<SetCookie> },
-        Ready { #[pin] response: Ready<Result<ServiceResponse<EitherBody<B>>, Error>> },
-        Drain { payload: Payload, left: u64, response: Option<ServiceResponse<EitherBody<B>>> },
+        Inner { #[pin] future: F, finish: Finish },
+        Answer { payload: Payload, left: u64, response: Option<ServiceResponse<EitherBody<B>>> },
     }
 }
 
-impl<F, B> Future for StickyFuture<F, B>
+impl<F, B> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<ServiceResponse<B>, Error>>,
 {
     type Output = Result<ServiceResponse<EitherBody<B>>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = match this.kind.project() {
-            KindProj::Inner { future, cookie } => {
+        match self.project().kind.project() {
+            KindProj::Inner { future, finish } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
-                if let Some(cookie) = cookie.take() {
-                    let headers = response.headers_mut();
-                    let has_cache_control = headers.contains_key(CACHE_CONTROL);
-                    append(headers, cookie.headers(has_cache_control));
+                let status = response.status().as_u16();
+                let headers = response.headers_mut();
+                let has_cache_control = headers.contains_key(CACHE_CONTROL);
+                append(headers, finish.headers(status, has_cache_control));
+                if finish.closes(status) {
+                    response
+                        .response_mut()
+                        .head_mut()
+                        .set_connection_type(ConnectionType::Close);
                 }
-                response.map_into_left_body()
+                Poll::Ready(Ok(response.map_into_left_body()))
             }
-            KindProj::Ready { response } => std::task::ready!(response.poll(cx))?,
-            KindProj::Drain {
+            KindProj::Answer {
                 payload,
                 left,
                 response,
@@ -465,29 +479,18 @@ where
                         None | Some(Err(_)) => break,
                     }
                 }
-                match response.take() {
-                    Some(response) => response,
-                    None => {
-                        return Poll::Ready(Err(actix_web::error::ErrorInternalServerError(
-                            "StickyFuture polled after completion",
-                        )));
-                    }
-                }
+                Poll::Ready(response.take().ok_or_else(|| {
+                    actix_web::error::ErrorInternalServerError(
+                        "ResponseFuture polled after completion",
+                    )
+                }))
             }
-        };
-        if *this.close {
-            // actix-web writes the Connection header from the connection type.
-            response
-                .response_mut()
-                .head_mut()
-                .set_connection_type(ConnectionType::Close);
         }
-        Poll::Ready(Ok(response))
     }
 }
 
-impl<F, B> std::fmt::Debug for StickyFuture<F, B> {
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StickyFuture").finish_non_exhaustive()
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
     }
 }

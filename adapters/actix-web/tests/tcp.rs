@@ -50,7 +50,7 @@ async fn fails(runs: web::Data<AtomicU64>) -> actix_web::Result<&'static str> {
 }
 
 /// A test app (every handler counts its runs) behind `middleware`.
-fn serve_with<P>(middleware: sticky_actix_web::Sticky<P>) -> Server
+fn serve_with<P>(middleware: sticky_actix_web::StickyMiddleware<P>) -> Server
 where
     P: Skip + Clone + Send + 'static,
 {
@@ -84,7 +84,7 @@ where
 
 fn serve(env: Env) -> Server {
     let sticky = Sticky::builder().exclude(["/health"]).build(env).unwrap();
-    serve_with(sticky_actix_web::Sticky::new(sticky))
+    serve_with(sticky_actix_web::StickyMiddleware::new(sticky))
 }
 
 fn assert_pinned_here(cookie: &str) {
@@ -369,7 +369,7 @@ async fn not_on_fly_adds_nothing() {
 async fn skip_predicate_bypasses_the_middleware() {
     let sticky = Sticky::builder().build(Env::machine(S)).unwrap();
     let s = serve_with(
-        sticky_actix_web::Sticky::new(sticky)
+        sticky_actix_web::StickyMiddleware::new(sticky)
             .skip_if(|req: &ServiceRequest| req.headers().contains_key("x-internal")),
     );
     let r = get(s.addr, "/", &format!("X-Internal: 1\r\n{}", cookie(T))).await;
@@ -393,7 +393,7 @@ async fn on_a_scope_the_engine_sees_the_full_path() {
                     web::scope("/app")
                         .route("/health", web::get().to(|| async { "ok" }))
                         .route("/page", web::get().to(|| async { "page" }))
-                        .wrap(sticky_actix_web::Sticky::new(sticky.clone())),
+                        .wrap(sticky_actix_web::StickyMiddleware::new(sticky.clone())),
                 )
                 .route("/outside", web::get().to(|| async { "outside" }))
         })

@@ -32,17 +32,10 @@
 //! Put the layer outermost (last `.layer(...)` call) so that nothing runs
 //! before the decision: a replayed request must not have side effects here.
 //!
-//! A replay is answered once the request's body has been read and dropped
-//! (at most 1 MB: larger bodies are never replayed). A server that answers
-//! early and closes the connection with the body unread resets it, and the
-//! proxy can lose the answer (RFC 9112, section 9.6); read, the connection
-//! stays usable.
-//!
-//! # Draining on shutdown
-//!
-//! Fly sends a signal before stopping a Machine. Turn drain on, keep serving
-//! for a grace period (requests pinned here are replayed elsewhere with
-//! `elsewhere=true`), then stop:
+//! Replays are answered once the request body is read, and while draining
+//! every answer closes its connection: see the adapter contract in
+//! [`sticky_core`'s docs](sticky_core#the-adapter-contract), which also has
+//! the `fly.toml` settings for a drain on shutdown:
 //!
 //! ```no_run
 //! # use sticky_axum::sticky_core::{Env, Sticky};
@@ -58,16 +51,6 @@
 //! axum::serve(listener, app).with_graceful_shutdown(shutdown).await
 //! # }
 //! ```
-//!
-//! While draining, every answer carries `Connection: close`: the proxy's
-//! kept-alive connections to this Machine are closed one by one, so that none
-//! is still open, and reused by the proxy, at the instant the server exits
-//! (a request sent on a connection as it closes fails).
-//!
-//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
-//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
-//! `examples/axum` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
-//! once); `examples/axum/tests/shutdown.rs` checks it on the running binary.
 //!
 //! # Skipping requests
 //!
@@ -87,7 +70,7 @@ use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Decision, SetCookie, Sticky};
+use sticky_core::{Action, Finish, Sticky};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -176,6 +159,28 @@ pub struct StickyService<S, P = NoSkip> {
     skip: P,
 }
 
+impl<S, P> StickyService<S, P> {
+    /// The engine.
+    pub fn sticky(&self) -> &Sticky {
+        &self.sticky
+    }
+
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the middleware, returning the wrapped service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
 impl<S, P, ReqB, ResB> Service<Request<ReqB>> for StickyService<S, P>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -192,36 +197,27 @@ where
     }
 
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
-        // While draining, every answer closes its connection (see the crate docs).
-        let close = self.sticky.is_draining();
-        let kind = if self.skip.skip(&req) {
-            Kind::Inner {
-                future: self.inner.call(req),
-                cookie: None,
-            }
+        let decision = if self.skip.skip(&req) {
+            self.sticky.skipped()
         } else {
-            match self.sticky.decide(&req) {
-                Decision::Stick(_) => Kind::Inner {
-                    future: self.inner.call(req),
-                    cookie: None,
-                },
-                Decision::SetCookie(cookie, _) => Kind::Inner {
-                    future: self.inner.call(req),
-                    cookie: Some(cookie),
-                },
-                Decision::Replay(reply, _) if reply.body_to_read() > 0 => Kind::Drain {
-                    body: Some(Box::pin(DrainBody {
-                        body: req.into_body(),
-                        left: reply.body_to_read(),
-                    })),
-                    response: Some(reply.to_response()),
-                },
-                Decision::Replay(reply, _) | Decision::Refuse(reply, _) => Kind::Ready {
-                    response: Some(reply.to_response()),
-                },
-            }
+            self.sticky.decide(&req)
         };
-        ResponseFuture { kind, close }
+        let kind = match decision.into_action() {
+            Action::Run(finish) => Kind::Inner {
+                future: self.inner.call(req),
+                finish,
+            },
+            Action::Answer(answer) => Kind::Answer {
+                body: (answer.body_to_read() > 0).then(|| {
+                    Box::pin(DrainBody {
+                        body: req.into_body(),
+                        left: answer.body_to_read(),
+                    }) as Pin<Box<dyn Future<Output = ()> + Send>>
+                }),
+                response: Some(answer.to_response()),
+            },
+        };
+        ResponseFuture { kind }
     }
 }
 
@@ -230,16 +226,15 @@ pin_project! {
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
-        close: bool,
     }
 }
 
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B> {
-        Inner { #[pin] future: F, cookie: Option<SetCookie> },
-        Ready { response: Option<Response<B>> },
-        Drain { body: Option<Pin<Box<dyn Future<Output = ()> + Send>>>, response: Option<Response<B>> },
+        Inner { #[pin] future: F, finish: Finish },
+        // The body to read first (a replay's), then the answer.
+        Answer { body: Option<Pin<Box<dyn Future<Output = ()> + Send>>>, response: Option<Response<B>> },
     }
 }
 
@@ -281,34 +276,21 @@ where
     type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut response = match this.kind.project() {
-            KindProj::Inner { future, cookie } => {
+        match self.project().kind.project() {
+            KindProj::Inner { future, finish } => {
                 let mut response = std::task::ready!(future.poll(cx))?;
-                if let Some(cookie) = cookie.take() {
-                    cookie.apply(response.headers_mut());
-                }
-                response
+                finish.apply(response.status(), response.headers_mut());
+                Poll::Ready(Ok(response))
             }
-            KindProj::Ready { response } => response
-                .take()
-                .expect("ResponseFuture polled after completion"),
-            KindProj::Drain { body, response } => {
+            KindProj::Answer { body, response } => {
                 if let Some(drain) = body {
                     std::task::ready!(drain.as_mut().poll(cx));
                     *body = None;
                 }
-                response
+                Poll::Ready(Ok(response
                     .take()
-                    .expect("ResponseFuture polled after completion")
+                    .expect("ResponseFuture polled after completion")))
             }
-        };
-        if *this.close {
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
         }
-        Poll::Ready(Ok(response))
     }
 }

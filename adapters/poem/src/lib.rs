@@ -1,6 +1,6 @@
 //! Sticky sessions on [Fly.io](https://fly.io) for [poem](https://docs.rs/poem).
 //!
-//! [`Sticky`] is a poem [`Middleware`]: attach it with
+//! [`StickyMiddleware`] is a poem [`Middleware`]: attach it with
 //! [`EndpointExt::with`](poem::EndpointExt::with). For every request it asks the
 //! [`sticky_core::Sticky`] engine what to do, and then
 //!
@@ -13,13 +13,13 @@
 //!   **without running the endpoint**, so Fly's proxy replays the request to
 //!   the Machine the user is pinned to. WebSocket upgrade requests get the
 //!   same answer (never a `101`): the endpoint, and so the upgrade, never
-//!   runs. The answer is sent once the request's body has been read and
-//!   dropped (at most 1 MB: larger bodies are never replayed), so that the
-//!   connection is not reset under the proxy's feet (RFC 9112, section 9.6).
+//!   runs.
 //!
-//! While the engine drains, every answer carries `Connection: close`, so that
-//! no kept-alive connection from the proxy is still open (and reused) at the
-//! instant the server exits.
+//! The [adapter contract](sticky_core#the-adapter-contract) holds here as
+//! everywhere: a replay reads the body it names first, and while draining
+//! every answer closes its connection. An endpoint's error passes through
+//! as an error, without the cookie (as warp's rejections do), but with
+//! `Connection: close` while draining.
 //!
 //! The adapter holds no decision logic; every rule (cookie attributes,
 //! excluded paths, body limits, draining) is configured on the engine
@@ -51,7 +51,7 @@
 //! let app = Route::new()
 //!     .at("/", get(index))
 //!     .at("/health", get(health))
-//!     .with(sticky_poem::Sticky::new(sticky));
+//!     .with(sticky_poem::StickyMiddleware::new(sticky));
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! # let cli = poem::test::TestClient::new(app);
 //! // A user pinned to another Machine: the proxy is asked to replay.
@@ -78,7 +78,7 @@
 //!     let sticky = Sticky::builder().build(Env::from_process())?;
 //!     let app = Route::new()
 //!         .at("/", get(index))
-//!         .with(sticky_poem::Sticky::new(sticky));
+//!         .with(sticky_poem::StickyMiddleware::new(sticky));
 //!     Server::new(TcpListener::bind("0.0.0.0:8080")).run(app).await?;
 //!     Ok(())
 //! }
@@ -101,7 +101,7 @@
 //!
 //! Path globs, methods and a predicate over the request view are configured
 //! on the [`sticky_core::Sticky`] builder and behave the same in every
-//! framework. [`Sticky::skip_if`] adds a predicate over the whole
+//! framework. [`StickyMiddleware::skip_if`] adds a predicate over the whole
 //! [`poem::Request`] (extensions, data, remote address) for poem-specific
 //! needs.
 //!
@@ -113,7 +113,7 @@
 //! response gets no `Set-Cookie`, and the user is simply pinned on the next
 //! successful response. To pin on error responses too, turn errors into
 //! responses inside the middleware:
-//! `route.catch_all_error(|e| async move { e.into_response() }).with(sticky_poem::Sticky::new(sticky))`.
+//! `route.catch_all_error(|e| async move { e.into_response() }).with(sticky_poem::StickyMiddleware::new(sticky))`.
 //!
 //! # Draining on shutdown
 //!
@@ -141,7 +141,7 @@
 //!     let sticky = Sticky::builder().build(Env::from_process())?;
 //!     let app = Route::new()
 //!         .at("/", get(index))
-//!         .with(sticky_poem::Sticky::new(sticky.clone()));
+//!         .with(sticky_poem::StickyMiddleware::new(sticky.clone()));
 //!
 //!     let mut sigterm = signal(SignalKind::terminate())?;
 //!     let drained = async move {
@@ -160,10 +160,8 @@
 //! }
 //! ```
 //!
-//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
-//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
-//! `examples/poem` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
-//! once); `examples/poem/tests/binary.rs` checks it on the running binary.
+//! What draining does, and the `fly.toml` settings it needs, are in
+//! [`sticky_core`'s docs](sticky_core#draining-on-shutdown).
 //!
 //! # Features
 //!
@@ -174,7 +172,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 use poem::{Body, Endpoint, IntoResponse, Middleware, Request, Response, ResponseParts};
-use sticky_core::{Decision, HttpView, ShortCircuit};
+use sticky_core::{Action, Answer, HttpView};
 
 pub use sticky_core;
 
@@ -195,16 +193,16 @@ pub use sticky_core;
 /// }
 ///
 /// let sticky = Sticky::builder().build(Env::default())?; // not on Fly: does nothing
-/// let app = Route::new().at("/", get(index)).with(sticky_poem::Sticky::new(sticky));
+/// let app = Route::new().at("/", get(index)).with(sticky_poem::StickyMiddleware::new(sticky));
 /// # Ok::<(), sticky_poem::sticky_core::ConfigError>(())
 /// ```
 #[derive(Clone, Debug)]
-pub struct Sticky<P = NoSkip> {
+pub struct StickyMiddleware<P = NoSkip> {
     sticky: sticky_core::Sticky,
     skip: P,
 }
 
-impl Sticky {
+impl StickyMiddleware {
     /// A middleware deciding with `sticky`.
     pub fn new(sticky: sticky_core::Sticky) -> Self {
         Self {
@@ -214,7 +212,7 @@ impl Sticky {
     }
 }
 
-impl<P> Sticky<P> {
+impl<P> StickyMiddleware<P> {
     /// Bypasses the middleware for requests where `skip` returns true.
     ///
     /// Path globs, methods and a predicate over the request view belong on
@@ -232,13 +230,13 @@ impl<P> Sticky<P> {
     /// }
     ///
     /// let sticky = Sticky::builder().build(Env::default())?;
-    /// let middleware = sticky_poem::Sticky::new(sticky)
+    /// let middleware = sticky_poem::StickyMiddleware::new(sticky)
     ///     .skip_if(|req: &Request| req.headers().contains_key("x-internal"));
     /// let app = Route::new().at("/", get(index)).with(middleware);
     /// # Ok::<(), sticky_poem::sticky_core::ConfigError>(())
     /// ```
-    pub fn skip_if<F: Skip>(self, skip: F) -> Sticky<F> {
-        Sticky {
+    pub fn skip_if<F: Skip>(self, skip: F) -> StickyMiddleware<F> {
+        StickyMiddleware {
             sticky: self.sticky,
             skip,
         }
@@ -250,13 +248,13 @@ impl<P> Sticky<P> {
     }
 }
 
-impl From<sticky_core::Sticky> for Sticky {
+impl From<sticky_core::Sticky> for StickyMiddleware {
     fn from(sticky: sticky_core::Sticky) -> Self {
         Self::new(sticky)
     }
 }
 
-/// A predicate that exempts a request from stickiness (see [`Sticky::skip_if`]).
+/// A predicate that exempts a request from stickiness (see [`StickyMiddleware::skip_if`]).
 pub trait Skip: Send + Sync {
     /// Whether `req` bypasses the middleware.
     fn skip(&self, req: &Request) -> bool;
@@ -281,7 +279,7 @@ where
     }
 }
 
-impl<E: Endpoint, P: Skip + Clone> Middleware<E> for Sticky<P> {
+impl<E: Endpoint, P: Skip + Clone> Middleware<E> for StickyMiddleware<P> {
     type Output = StickyEndpoint<E, P>;
 
     fn transform(&self, ep: E) -> Self::Output {
@@ -293,7 +291,7 @@ impl<E: Endpoint, P: Skip + Clone> Middleware<E> for Sticky<P> {
     }
 }
 
-/// The endpoint [`Sticky`] wraps around an inner endpoint.
+/// The endpoint [`StickyMiddleware`] wraps around an inner endpoint.
 ///
 /// Its output is a [`poem::Response`]: the inner endpoint's output converted
 /// with [`IntoResponse`], or the short-circuit answer.
@@ -305,64 +303,68 @@ pub struct StickyEndpoint<E, P = NoSkip> {
 }
 
 impl<E, P> StickyEndpoint<E, P> {
+    /// The engine.
+    pub fn sticky(&self) -> &sticky_core::Sticky {
+        &self.sticky
+    }
+
     /// The wrapped endpoint.
-    pub fn inner(&self) -> &E {
+    pub fn get_ref(&self) -> &E {
         &self.inner
+    }
+
+    /// Consumes the middleware, returning the wrapped endpoint.
+    pub fn into_inner(self) -> E {
+        self.inner
     }
 }
 
 impl<E: Endpoint, P: Skip> Endpoint for StickyEndpoint<E, P> {
     type Output = Response;
 
-    async fn call(&self, req: Request) -> poem::Result<Response> {
-        // While draining, every answer closes its connection: the proxy's
-        // kept-alive connections are closed one by one, so none is reused
-        // at the instant the server exits.
-        let close = self.sticky.is_draining();
-        let mut resp = self.answer(req).await?;
-        if close {
-            resp.headers_mut().insert(
-                poem::http::header::CONNECTION,
-                poem::http::HeaderValue::from_static("close"),
-            );
-        }
-        Ok(resp)
-    }
-}
-
-impl<E: Endpoint, P: Skip> StickyEndpoint<E, P> {
-    async fn answer(&self, req: Request) -> poem::Result<Response> {
-        if self.skip.skip(&req) {
-            return self.inner.call(req).await.map(IntoResponse::into_response);
-        }
-        // The original URI: `Route::nest` rewrites `uri()` for inner routes.
-        let decision = self.sticky.decide(&HttpView {
-            method: req.method(),
-            uri: req.original_uri(),
-            headers: req.headers(),
-        });
-        match decision {
-            Decision::Stick(_) => self.inner.call(req).await.map(IntoResponse::into_response),
-            Decision::SetCookie(cookie, _) => {
-                let mut resp = self.inner.call(req).await?.into_response();
-                cookie.apply(resp.headers_mut());
-                Ok(resp)
-            }
-            Decision::Replay(answer, _) if answer.body_to_read() > 0 => {
-                // Read the body before answering: closing a connection with
-                // its body unread resets it, and the proxy can lose the answer.
-                let mut req = req;
-                let limit = usize::try_from(answer.body_to_read()).unwrap_or(usize::MAX);
-                let _ = req.take_body().into_bytes_limit(limit).await;
+    async fn call(&self, mut req: Request) -> poem::Result<Response> {
+        let decision = if self.skip.skip(&req) {
+            self.sticky.skipped()
+        } else {
+            // The original URI: `Route::nest` rewrites `uri()` for inner routes.
+            self.sticky.decide(&HttpView {
+                method: req.method(),
+                uri: req.original_uri(),
+                headers: req.headers(),
+            })
+        };
+        match decision.into_action() {
+            Action::Run(finish) => match self.inner.call(req).await {
+                Ok(output) => {
+                    let mut resp = output.into_response();
+                    finish.apply(resp.status(), resp.headers_mut());
+                    Ok(resp)
+                }
+                // An error passes through as an error (no cookie: it is not
+                // a reply), but still closes its connection while draining.
+                Err(err) if finish.closes(err.status().as_u16()) => {
+                    let mut resp = err.into_response();
+                    resp.headers_mut().insert(
+                        poem::http::header::CONNECTION,
+                        poem::http::HeaderValue::from_static("close"),
+                    );
+                    Err(poem::Error::from_response(resp))
+                }
+                Err(err) => Err(err),
+            },
+            Action::Answer(answer) => {
+                if answer.body_to_read() > 0 {
+                    let limit = usize::try_from(answer.body_to_read()).unwrap_or(usize::MAX);
+                    let _ = req.take_body().into_bytes_limit(limit).await;
+                }
                 Ok(short_circuit(&answer))
             }
-            Decision::Replay(answer, _) | Decision::Refuse(answer, _) => Ok(short_circuit(&answer)),
         }
     }
 }
 
 /// The answer sent instead of running the endpoint: status, headers, empty body.
-fn short_circuit(answer: &ShortCircuit) -> Response {
+fn short_circuit(answer: &Answer) -> Response {
     let (parts, ()) = answer.to_response::<()>().into_parts();
     Response::from_parts(
         ResponseParts {

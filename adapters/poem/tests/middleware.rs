@@ -105,14 +105,17 @@ fn app(sticky: sticky_core::Sticky, runs: &Runs) -> impl Endpoint + 'static {
         .at("/ws", get(ws))
         .nest("/api", api())
         .data(runs.clone())
-        .with(sticky_poem::Sticky::new(sticky))
+        .with(sticky_poem::StickyMiddleware::new(sticky))
 }
 
 /// The middleware attached only to the routes nested under `/api`.
 fn app_nested(sticky: sticky_core::Sticky, runs: &Runs) -> impl Endpoint + 'static {
     Route::new()
         .at("/", get(index))
-        .nest("/api", api().with(sticky_poem::Sticky::new(sticky)))
+        .nest(
+            "/api",
+            api().with(sticky_poem::StickyMiddleware::new(sticky)),
+        )
         .data(runs.clone())
 }
 
@@ -359,7 +362,7 @@ async fn draining_replays_pinned_here_requests_elsewhere() {
 
 #[tokio::test]
 async fn the_middleware_hands_out_its_engine_for_draining() {
-    let middleware = sticky_poem::Sticky::new(here());
+    let middleware = sticky_poem::StickyMiddleware::new(here());
     let runs = Runs::default();
     let server = serve(
         Route::new()
@@ -377,7 +380,7 @@ async fn the_middleware_hands_out_its_engine_for_draining() {
 #[tokio::test]
 async fn skip_if_bypasses_the_middleware() {
     let runs = Runs::default();
-    let middleware = sticky_poem::Sticky::new(here())
+    let middleware = sticky_poem::StickyMiddleware::new(here())
         .skip_if(|req: &Request| req.headers().contains_key("x-internal"));
     let server = serve(
         Route::new()
@@ -467,6 +470,22 @@ async fn endpoint_errors_pass_through_unchanged() {
     // The short-circuit still comes first.
     let resp = http_get(server.addr, "/missing", &[("cookie", &pinned(THERE))]).await;
     assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
+}
+
+#[tokio::test]
+async fn endpoint_errors_close_their_connection_while_draining() {
+    let sticky = here();
+    let (server, _runs) = start(sticky.clone()).await;
+    // Already replayed: a draining Machine serves it, and the router errs.
+    let replayed = [("fly-replay-src", "instance=90801679a10038;region=iad;t=1")];
+    let resp = http_get(server.addr, "/missing", &replayed).await;
+    assert_eq!(resp.status, 404);
+    assert!(resp.all("connection").is_empty(), "{resp:?}");
+    sticky.drain();
+    let resp = http_get(server.addr, "/missing", &replayed).await;
+    assert_eq!(resp.status, 404);
+    assert_eq!(resp.all("connection"), ["close"], "{resp:?}");
+    assert!(resp.all("set-cookie").is_empty(), "{resp:?}");
 }
 
 #[tokio::test]

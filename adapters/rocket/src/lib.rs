@@ -1,7 +1,7 @@
 //! Session affinity for [Rocket](https://rocket.rs) 0.5 apps on
 //! [Fly.io](https://fly.io) with several Machines.
 //!
-//! [`Sticky`] is a Rocket [fairing](rocket::fairing::Fairing). For every request it
+//! [`StickyFairing`] is a Rocket [fairing](rocket::fairing::Fairing). For every request it
 //! asks the [`sticky_core`] engine what to do and then:
 //!
 //! - runs your handler untouched (`Stick`);
@@ -37,7 +37,7 @@
 //!
 //! let rocket = rocket::build()
 //!     .mount("/", routes![index])
-//!     .attach(sticky_rocket::Sticky::new(engine));
+//!     .attach(sticky_rocket::StickyFairing::new(engine));
 //!
 //! let client = Client::tracked(rocket).expect("valid rocket");
 //!
@@ -98,14 +98,10 @@
 //!   engine: the request counts as carrying no cookie, is served here and
 //!   pinned here.
 //! - Rocket's own data limits still apply to handlers; the engine never reads
-//!   a body (it only looks at `Content-Length` and `Transfer-Encoding`). The
-//!   internal route answers a replay once the request's body has been read
-//!   and dropped (at most 1 MB: larger bodies are never replayed): a server
-//!   that answers early and closes the connection with the body unread
-//!   resets it, and the proxy can lose the answer (RFC 9112, section 9.6).
-//! - While the engine drains, `on_response` adds `Connection: close` to every
-//!   answer, so that no kept-alive connection from the proxy is still open,
-//!   and reused, at the instant the server exits.
+//!   a body (it only looks at `Content-Length` and `Transfer-Encoding`).
+//! - The [adapter contract](sticky_core#the-adapter-contract) holds here as
+//!   everywhere: the internal route reads the body a replay names before
+//!   answering, and while draining every answer closes its connection.
 //!
 //! # Draining on shutdown
 //!
@@ -144,7 +140,7 @@
 //!
 //!     let drain = engine.clone();
 //!     let _ = rocket::custom(config)
-//!         .attach(sticky_rocket::Sticky::new(engine))
+//!         .attach(sticky_rocket::StickyFairing::new(engine))
 //!         .attach(AdHoc::on_liftoff("drain on SIGTERM", move |rocket| {
 //!             let shutdown = rocket.shutdown();
 //!             Box::pin(async move {
@@ -163,10 +159,8 @@
 //! }
 //! ```
 //!
-//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
-//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
-//! `examples/rocket` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
-//! once); `examples/rocket/tests/binary.rs` checks it on the running binary.
+//! What draining does, and the `fly.toml` settings it needs, are in
+//! [`sticky_core`'s docs](sticky_core#draining-on-shutdown).
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -177,7 +171,7 @@ use rocket::http::uri::Origin;
 use rocket::http::{Header, Method, Status};
 use rocket::route::{Handler, Outcome};
 use rocket::{Build, Data, Request, Response, Rocket, Route};
-use sticky_core::{Decision, RequestView, ShortCircuit};
+use sticky_core::{Action, Answer, RequestView};
 
 pub use sticky_core;
 
@@ -211,41 +205,41 @@ const METHODS: [Method; 9] = [
 ];
 
 /// The sticky-session fairing: attach it with
-/// `rocket.attach(sticky_rocket::Sticky::new(engine))`.
+/// `rocket.attach(sticky_rocket::StickyFairing::new(engine))`.
 ///
 /// See the [crate docs](crate) for what it does and a complete example.
 #[derive(Clone, Debug)]
-pub struct Sticky {
-    engine: sticky_core::Sticky,
+pub struct StickyFairing {
+    sticky: sticky_core::Sticky,
 }
 
-impl Sticky {
+impl StickyFairing {
     /// Wraps an engine built with [`sticky_core::Sticky::builder`].
     ///
-    /// Keep a clone of `engine` to call [`drain`](sticky_core::Sticky::drain)
+    /// Keep a clone of `sticky` to call [`drain`](sticky_core::Sticky::drain)
     /// on shutdown: clones share the drain switch.
-    pub fn new(engine: sticky_core::Sticky) -> Self {
-        Self { engine }
+    pub fn new(sticky: sticky_core::Sticky) -> Self {
+        Self { sticky }
     }
 
     /// The engine this fairing decides with.
-    pub fn engine(&self) -> &sticky_core::Sticky {
-        &self.engine
+    pub fn sticky(&self) -> &sticky_core::Sticky {
+        &self.sticky
     }
 }
 
-impl From<sticky_core::Sticky> for Sticky {
-    fn from(engine: sticky_core::Sticky) -> Self {
-        Self::new(engine)
+impl From<sticky_core::Sticky> for StickyFairing {
+    fn from(sticky: sticky_core::Sticky) -> Self {
+        Self::new(sticky)
     }
 }
 
-/// The decision for one request, kept in Rocket's request-local cache.
+/// What to do with one request, kept in Rocket's request-local cache.
 /// Private: nothing outside this crate can store or read it.
-struct Stash(Option<Decision>);
+struct Stash(Option<Action>);
 
 impl Stash {
-    fn get<'r>(req: &'r Request<'_>) -> Option<&'r Decision> {
+    fn get<'r>(req: &'r Request<'_>) -> Option<&'r Action> {
         req.local_cache(|| Stash(None)).0.as_ref()
     }
 }
@@ -278,7 +272,7 @@ impl RequestView for View<'_, '_> {
 }
 
 #[rocket::async_trait]
-impl Fairing for Sticky {
+impl Fairing for StickyFairing {
     fn info(&self) -> Info {
         Info {
             name: "sticky (Fly.io session affinity)",
@@ -295,33 +289,24 @@ impl Fairing for Sticky {
     }
 
     async fn on_request(&self, req: &mut Request<'_>, _data: &mut Data<'_>) {
-        let decision = self.engine.decide(&View(req));
+        let action = self.sticky.decide(&View(req)).into_action();
         // The first value stored wins; act on what is stored.
-        let short_circuit = req
-            .local_cache(|| Stash(Some(decision)))
-            .0
-            .as_ref()
-            .is_some_and(|d| !d.runs_handler());
-        if short_circuit {
+        let answers = matches!(
+            req.local_cache(|| Stash(Some(action))).0,
+            Some(Action::Answer(_))
+        );
+        if answers {
             req.set_uri(Origin::path_only(SHORT_CIRCUIT_PATH));
         }
     }
 
     async fn on_response<'r>(&self, req: &'r Request<'_>, res: &mut Response<'r>) {
-        // While draining, every answer closes its connection: the proxy's
-        // kept-alive connections are closed one by one, so none is reused
-        // at the instant the server exits.
-        if self.engine.is_draining() {
-            res.set_raw_header("Connection", "close");
-        }
-        let Some(set_cookie) = Stash::get(req).and_then(Decision::set_cookie) else {
+        let Some(Action::Run(finish)) = Stash::get(req) else {
             return;
         };
         let has_cache_control = res.headers().contains("Cache-Control");
-        for (name, value) in set_cookie.headers(has_cache_control) {
-            if let Ok(value) = std::str::from_utf8(value) {
-                res.adjoin_header(Header::new(name, value.to_owned()));
-            }
+        for (name, value) in finish.headers(res.status().code, has_cache_control) {
+            add_header(res, name, value);
         }
     }
 }
@@ -334,37 +319,38 @@ struct ShortCircuitRoute;
 #[rocket::async_trait]
 impl Handler for ShortCircuitRoute {
     async fn handle<'r>(&self, req: &'r Request<'_>, data: Data<'r>) -> Outcome<'r> {
-        let Some(decision) = Stash::get(req) else {
+        let Some(Action::Answer(answer)) = Stash::get(req) else {
             return Outcome::forward(data, Status::NotFound);
         };
-        match decision {
-            Decision::Replay(short_circuit, _) if short_circuit.body_to_read() > 0 => {
-                // Read the body before answering: closing a connection with
-                // its body unread resets it, and the proxy can lose the answer.
-                let _ = data
-                    .open(rocket::data::ByteUnit::from(short_circuit.body_to_read()))
-                    .stream_to(rocket::tokio::io::sink())
-                    .await;
-                Outcome::Success(respond(short_circuit))
-            }
-            Decision::Replay(short_circuit, _) | Decision::Refuse(short_circuit, _) => {
-                Outcome::Success(respond(short_circuit))
-            }
-            Decision::Stick(_) | Decision::SetCookie(..) => {
-                Outcome::forward(data, Status::NotFound)
-            }
+        if answer.body_to_read() > 0 {
+            let _ = data
+                .open(rocket::data::ByteUnit::from(answer.body_to_read()))
+                .stream_to(rocket::tokio::io::sink())
+                .await;
         }
+        Outcome::Success(respond(answer))
     }
 }
 
 /// The short-circuit as a Rocket response: status, headers, empty body.
-fn respond<'r>(short_circuit: &ShortCircuit) -> Response<'r> {
+fn respond<'r>(answer: &Answer) -> Response<'r> {
     let mut res = Response::new();
-    res.set_status(Status::new(short_circuit.status()));
-    for (name, value) in short_circuit.headers() {
-        if let Ok(value) = std::str::from_utf8(value) {
-            res.adjoin_header(Header::new(name, value.to_owned()));
-        }
+    res.set_status(Status::new(answer.status()));
+    for (name, value) in answer.headers() {
+        add_header(&mut res, name, value);
     }
     res
+}
+
+/// Adds a header the core yields: `connection` replaces, others are
+/// adjoined (the app's own `Set-Cookie` headers are kept).
+fn add_header(res: &mut Response<'_>, name: &'static str, value: &[u8]) {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return;
+    };
+    if name == "connection" {
+        res.set_raw_header(name, value.to_owned());
+    } else {
+        res.adjoin_header(Header::new(name, value.to_owned()));
+    }
 }

@@ -296,7 +296,7 @@ fn own_cookie() -> WithHeader {
 fn custom(sticky: Sticky) -> rocket::Rocket<rocket::Build> {
     rocket::custom(example_rocket::test_config())
         .mount("/", routes![cached, own_cookie])
-        .attach(sticky_rocket::Sticky::new(sticky))
+        .attach(sticky_rocket::StickyFairing::new(sticky))
 }
 
 #[tokio::test]
@@ -362,7 +362,7 @@ fn index() -> &'static str {
 async fn app_route_on_the_internal_path_never_wins_a_short_circuit() {
     let rocket = rocket::custom(example_rocket::test_config())
         .mount("/", routes![squatter, index])
-        .attach(sticky_rocket::Sticky::new(engine()));
+        .attach(sticky_rocket::StickyFairing::new(engine()));
     let server = launch(rocket).await;
     // A direct request falls through to the app's own route.
     let reply = get(
@@ -477,7 +477,7 @@ async fn method_override_is_applied_before_the_fairing() {
         .expect("config");
     let rocket = rocket::custom(example_rocket::test_config())
         .mount("/", routes![form_put, form_post])
-        .attach(sticky_rocket::Sticky::new(sticky));
+        .attach(sticky_rocket::StickyFairing::new(sticky));
     let server = launch(rocket).await;
     let theirs = cookie(OTHER);
     let form = [
@@ -498,8 +498,8 @@ async fn method_override_is_applied_before_the_fairing() {
 async fn fairing_is_a_singleton() {
     let rocket = rocket::custom(example_rocket::test_config())
         .mount("/", routes![index])
-        .attach(sticky_rocket::Sticky::new(engine()))
-        .attach(sticky_rocket::Sticky::new(engine()));
+        .attach(sticky_rocket::StickyFairing::new(engine()))
+        .attach(sticky_rocket::StickyFairing::new(engine()));
     let server = launch(rocket).await;
     let reply = get(server.addr, "/", &[]).await;
     assert_eq!(reply.status, 200);

@@ -62,52 +62,26 @@
 //! yours may come before `.with(...)` (it then sees nothing of the wrapper)
 //! or after it.
 //!
-//! A replay is answered once the request's body has been read and dropped
-//! (at most 1 MB: larger bodies are never replayed): a server that answers
-//! early and closes the connection with the body unread resets it, and the
-//! proxy can lose the answer (RFC 9112, section 9.6). While the engine
-//! drains, every reply carries `Connection: close`, so that no kept-alive
-//! connection from the proxy is still open, and reused, at the instant the
-//! server exits.
+//! The [adapter contract](sticky_core#the-adapter-contract) holds here as
+//! everywhere: a replay reads the body it names first, and while draining
+//! every reply closes its connection.
 //!
 //! # What the wrapper reads
 //!
-//! warp offers no filter that borrows the whole request, and cloning the
-//! whole header map per request (`warp::header::headers_cloned()`) is what
-//! this crate avoids. The wrapper fetches exactly what the core reads with
-//! its default sources: the method, the path, the raw query, the first
-//! field of `cookie`, `x-forwarded-proto`, `content-length`,
-//! `transfer-encoding`, `access-control-request-method`, `fly-replay-src`,
-//! `fly-replay-failed`, `fly-preferred-instance-unavailable`,
-//! `fly-replay-cache-status` and `fly-client-ip` (an absent header costs a
-//! lookup, a present one a reference-counted clone of its value), and the
-//! `fly-machine-id` cookie from **every** `Cookie` field (through warp's
-//! cookie filter, which joins the fields, copying them only when there are
-//! several).
-//!
-//! The headers and cookies the engine's configuration adds (a
-//! [`Builder::header_source`], a [`KeySource::Header`] such as
-//! `x-tenant-id`, a [`KeySource::Cookie`], a non-default
-//! [`Builder::cookie_name`]) are fetched automatically, from
-//! [`Sticky::configured_headers`](sticky_core::Sticky::configured_headers)
-//! and [`configured_cookies`](sticky_core::Sticky::configured_cookies).
-//! Only a header read by your own code, a [`Builder::skip_if`] predicate or
-//! a custom key source, needs [`StickyWrap::fetch_header`]; a header that is
-//! not fetched looks absent to the core, and only the first field of a
-//! header is seen.
-
-//! warp's cookie filter reads UTF-8 text only: when several `Cookie` fields
-//! arrive and one holds other bytes, a sticky cookie outside the first
-//! field is not seen, and the request is served here and re-pinned here
-//! (never replayed to a wrong Machine).
+//! warp offers no filter that borrows the whole request, so the wrapper
+//! takes the method, the path, the raw query and a clone of the header map
+//! (`warp::header::headers_cloned()`: the values are reference-counted, so
+//! the clone copies the map's index, not the bytes). The engine, a
+//! [`Builder::skip_if`] predicate and a custom key source therefore see
+//! every header and every `Cookie` field, exactly as in the other
+//! frameworks.
 //!
 //! # The tower alternative
 //!
 //! If you serve warp through hyper yourself, `warp::service(routes)` is a
 //! tower `Service`, and the tower layer of the `sticky-axum` crate
-//! (`StickyLayer`) can wrap it; that layer sees the whole `http::Request`, so
-//! nothing needs to be named to it. It does not work with `warp::serve`,
-//! which takes a filter.
+//! (`StickyLayer`) can wrap it. It does not work with `warp::serve`, which
+//! takes a filter.
 //!
 //! # Draining on shutdown
 //!
@@ -133,64 +107,27 @@
 //! # }
 //! ```
 //!
-//! On Fly, set `kill_signal = "SIGTERM"` in `fly.toml` (the default is
-//! SIGINT) and a `kill_timeout` longer than the grace period (default 5 s).
-//! `examples/warp` does this (grace from `DRAIN_SECONDS`; SIGINT stops at
-//! once); `examples/warp/tests/shutdown.rs` checks it on the running binary.
+//! What draining does, and the `fly.toml` settings it needs, are in
+//! [`sticky_core`'s docs](sticky_core#draining-on-shutdown).
 //!
-//! [`Builder::header_source`]: sticky_core::Builder::header_source
 //! [`Builder::skip_if`]: sticky_core::Builder::skip_if
-//! [`Builder::cookie_name`]: sticky_core::Builder::cookie_name
-//! [`KeySource::Header`]: sticky_core::KeySource::Header
-//! [`KeySource::Cookie`]: sticky_core::KeySource::Cookie
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 use std::convert::Infallible;
 use std::future::{Ready, ready};
 use std::ops::ControlFlow;
-use std::str::FromStr;
 
 use futures_util::{Stream, StreamExt};
 pub use sticky_core;
-use sticky_core::{DEFAULT_COOKIE_NAME, Decision, RequestView, SetCookie, ShortCircuit, Sticky};
-use warp::filters::BoxedFilter;
+use sticky_core::{Action, Answer, Finish, RequestView, Sticky};
 use warp::filters::path::FullPath;
-use warp::http::{HeaderValue, Method};
+use warp::http::{HeaderMap, Method};
 use warp::reject::{Reject, Rejection};
 use warp::reply::{Reply, Response};
 use warp::{Buf, Filter, any};
 
-/// The headers the core's built-in rules read, fetched for every request
-/// (first field only; see [`COOKIE`] for the rest of the cookies). The
-/// engine's own list, so a header it starts reading is never missed here.
-const HEADERS: [&str; 10] = sticky_core::READ_HEADERS;
-
-/// warp's header filters take `&'static str` names: names from the
-/// engine's configuration are interned once, so building wrappers again
-/// never grows memory.
-fn intern(name: &str) -> &'static str {
-    use std::collections::HashSet;
-    use std::sync::{Mutex, OnceLock, PoisonError};
-    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-    let mut names = NAMES
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if let Some(known) = names.get(name) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.insert(leaked);
-    leaked
-}
-
-/// The `Cookie` header: its first field is fetched raw like the others;
-/// named cookies in any field come from `warp::cookie::optional`.
-const COOKIE: &str = "cookie";
-
-/// The wrapper with its settings: the engine, and what to fetch beyond the
-/// defaults.
+/// The wrapper: the engine, ready to wrap a filter tree.
 ///
 /// Build it from a [`Sticky`] and hand it to [`sticky`] (for
 /// `.with(warp::wrap_fn(...))`) or call [`wrap`](Self::wrap) directly.
@@ -204,65 +141,18 @@ const COOKIE: &str = "cookie";
 ///     .header_source("x-machine")
 ///     .build(Env::machine("148ed599c14189"))
 ///     .unwrap();
-/// let wrap = StickyWrap::new(sticky).fetch_header("x-machine");
-/// let routes = warp::any().map(|| "hi").with(warp::wrap_fn(sticky_warp::sticky(wrap)));
+/// let routes = StickyWrap::new(sticky).wrap(warp::any().map(|| "hi"));
 /// # let _ = routes;
 /// ```
 #[derive(Clone, Debug)]
 pub struct StickyWrap {
     sticky: Sticky,
-    headers: Vec<&'static str>,
-    cookies: Vec<&'static str>,
 }
 
 impl StickyWrap {
-    /// A wrapper deciding with `sticky`. The headers and cookies its
-    /// configuration reads (a header source, key headers and cookies, a
-    /// non-default cookie name) are fetched automatically.
+    /// A wrapper deciding with `sticky`.
     pub fn new(sticky: Sticky) -> Self {
-        let headers: Vec<&'static str> = sticky.configured_headers().map(intern).collect();
-        let cookies: Vec<&'static str> = sticky.configured_cookies().map(intern).collect();
-        let mut wrap = Self {
-            sticky,
-            headers: Vec::new(),
-            cookies: Vec::new(),
-        };
-        for h in headers {
-            wrap = wrap.fetch_header(h);
-        }
-        for c in cookies {
-            wrap = wrap.fetch_cookie(c);
-        }
-        wrap
-    }
-
-    /// Also fetches the header `name` (any case) for the core: the header of
-    /// [`Builder::header_source`](sticky_core::Builder::header_source) or of
-    /// a [`KeySource::Header`](sticky_core::KeySource::Header), or one that a
-    /// [`Builder::skip_if`](sticky_core::Builder::skip_if) predicate or a
-    /// custom key source reads. Only its first field is seen. Headers the
-    /// wrapper always fetches are ignored here.
-    #[must_use]
-    pub fn fetch_header(mut self, name: &'static str) -> Self {
-        let same = |n: &&str| n.eq_ignore_ascii_case(name);
-        if !HEADERS.iter().any(same) && !self.headers.iter().any(same) {
-            self.headers.push(name);
-        }
-        self
-    }
-
-    /// Also looks the cookie `name` up in every `Cookie` field: the name given
-    /// to [`Builder::cookie_name`](sticky_core::Builder::cookie_name) or to a
-    /// [`KeySource::Cookie`](sticky_core::KeySource::Cookie). The default
-    /// `fly-machine-id` is always looked up. Without this, only the first
-    /// `Cookie` field is searched for `name` (which is all an HTTP/1.1
-    /// client sends).
-    #[must_use]
-    pub fn fetch_cookie(mut self, name: &'static str) -> Self {
-        if name != DEFAULT_COOKIE_NAME && !self.cookies.contains(&name) {
-            self.cookies.push(name);
-        }
-        self
+        Self { sticky }
     }
 
     /// The engine, e.g. to call [`Sticky::drain`].
@@ -271,8 +161,8 @@ impl StickyWrap {
     }
 
     /// Wraps `routes`: the returned filter decides first, then runs
-    /// `routes` (appending the sticky cookie to its reply) or answers with
-    /// the short-circuit response without running `routes`.
+    /// `routes` (adding the decision's headers to its reply) or answers
+    /// with the short-circuit response without running `routes`.
     ///
     /// `routes` must extract one [`Reply`]; they may reject (their
     /// rejections pass through unchanged) or not (see [`RoutesError`]).
@@ -286,57 +176,18 @@ impl StickyWrap {
         R: Reply + 'static,
     {
         let sticky = self.sticky.clone();
-        let decide = head(self.extra()).and_then(move |head: Head| ready(gate(&sticky, &head)));
+        let decide = head().and_then(move |head: Head| ready(gate(&sticky, &head)));
         // A replay is answered once the body is read: `decide` rejects, so
         // `or` tries this branch, which decides again (only for
         // short-circuits of requests with a body) and takes the body only
         // for a replay.
         let sticky = self.sticky.clone();
-        let drain = head(self.extra())
+        let drain = head()
             .and_then(move |head: Head| ready(replay_only(&sticky, &head)))
             .and(warp::body::stream())
             .and_then(drain_then_answer);
         let gate = decide.or(drain).unify();
-        // While draining, every answer closes its connection: the proxy's
-        // kept-alive connections are closed one by one, so none is reused at
-        // the instant the server exits.
-        let sticky = self.sticky.clone();
-        F::Error::then(gate, routes)
-            .recover(recover)
-            .unify()
-            .map(move |mut res: Response| {
-                if sticky.is_draining() {
-                    res.headers_mut().insert(
-                        warp::http::header::CONNECTION,
-                        HeaderValue::from_static("close"),
-                    );
-                }
-                res
-            })
-    }
-
-    /// Fetches the configured extra headers and cookies.
-    fn extra(&self) -> BoxedFilter<(Extra,)> {
-        let mut filter = any().map(Extra::default).boxed();
-        for &name in &self.headers {
-            filter = filter
-                .and(header(name))
-                .map(move |mut extra: Extra, value: Option<HeaderValue>| {
-                    extra.headers.extend(value.map(|v| (name, v)));
-                    extra
-                })
-                .boxed();
-        }
-        for &name in &self.cookies {
-            filter = filter
-                .and(cookie(name))
-                .map(|mut extra: Extra, field: Option<String>| {
-                    extra.cookies.extend(field);
-                    extra
-                })
-                .boxed();
-        }
-        filter
+        F::Error::then(gate, routes).recover(recover).unify()
     }
 }
 
@@ -356,18 +207,14 @@ mod sealed {
 /// [`Rejection`], or [`Infallible`] for routes that never reject (such as
 /// a tree ending in a catch-all `.recover(...)`). Sealed.
 pub trait RoutesError: sealed::Sealed + Sized {
-    /// Runs `routes` after `gate`, appending the cookie `gate` extracts.
+    /// Runs `routes` after `gate`, adding the headers `gate` extracts.
     #[doc(hidden)]
     fn then<G, F, R>(
         gate: G,
         routes: F,
     ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
     where
-        G: Filter<Extract = (Option<SetCookie>,), Error = Rejection>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        G: Filter<Extract = (Finish,), Error = Rejection> + Clone + Send + Sync + 'static,
         F: Filter<Extract = (R,), Error = Self> + Clone + Send + Sync + 'static,
         R: Reply + 'static;
 }
@@ -382,15 +229,11 @@ macro_rules! routes_error {
                 routes: F,
             ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static
             where
-                G: Filter<Extract = (Option<SetCookie>,), Error = Rejection>
-                    + Clone
-                    + Send
-                    + Sync
-                    + 'static,
+                G: Filter<Extract = (Finish,), Error = Rejection> + Clone + Send + Sync + 'static,
                 F: Filter<Extract = (R,), Error = Self> + Clone + Send + Sync + 'static,
                 R: Reply + 'static,
             {
-                gate.and(routes).map(append_cookie::<R>)
+                gate.and(routes).map(finish::<R>)
             }
         }
     };
@@ -398,12 +241,10 @@ macro_rules! routes_error {
 routes_error!(Rejection);
 routes_error!(Infallible);
 
-/// The routes' reply, with the sticky cookie if the decision set one.
-fn append_cookie<R: Reply>(cookie: Option<SetCookie>, reply: R) -> Response {
+/// The routes' reply, with the decision's headers added.
+fn finish<R: Reply>(finish: Finish, reply: R) -> Response {
     let mut res = reply.into_response();
-    if let Some(cookie) = cookie {
-        cookie.apply(res.headers_mut());
-    }
+    finish.apply(res.status(), res.headers_mut());
     res
 }
 
@@ -426,7 +267,7 @@ fn append_cookie<R: Reply>(cookie: Option<SetCookie>, reply: R) -> Response {
 /// ```
 pub fn sticky<F, R>(
     config: impl Into<StickyWrap>,
-) -> impl Fn(F) -> BoxedFilter<(Response,)> + Clone + Send + Sync + 'static
+) -> impl Fn(F) -> warp::filters::BoxedFilter<(Response,)> + Clone + Send + Sync + 'static
 where
     F: Filter<Extract = (R,)> + Clone + Send + Sync + 'static,
     F::Error: RoutesError,
@@ -436,88 +277,73 @@ where
     move |routes| config.wrap(routes).boxed()
 }
 
-/// The short-circuit travelling from the gate to [`recover`] as a rejection.
+/// The answer travelling from the gate to [`recover`] as a rejection.
 #[derive(Debug)]
-struct ShortCircuited(ShortCircuit);
+struct Answered(Answer);
 
-impl Reject for ShortCircuited {}
+impl Reject for Answered {}
 
-/// Maps the decision: continue (maybe with a cookie) or reject with the
-/// short-circuit, so that the routes never run.
-fn gate(sticky: &Sticky, head: &Head) -> Result<Option<SetCookie>, Rejection> {
-    match sticky.decide(head) {
-        Decision::Stick(_) => Ok(None),
-        Decision::SetCookie(cookie, _) => Ok(Some(cookie)),
-        Decision::Replay(sc, _) | Decision::Refuse(sc, _) => {
-            Err(warp::reject::custom(ShortCircuited(sc)))
-        }
+/// Maps the decision: continue (with the headers to add) or reject with
+/// the answer, so that the routes never run.
+fn gate(sticky: &Sticky, head: &Head) -> Result<Finish, Rejection> {
+    match sticky.decide(head).into_action() {
+        Action::Run(finish) => Ok(finish),
+        Action::Answer(answer) => Err(warp::reject::custom(Answered(answer))),
     }
 }
 
-/// Not a replay: the draining branch of the gate does not apply.
+/// Not an answer with a body to read: the draining branch of the gate does
+/// not apply.
 #[derive(Debug)]
-struct NotReplayed;
+struct NothingToRead;
 
-impl Reject for NotReplayed {}
+impl Reject for NothingToRead {}
 
-/// The replay to answer, if the decision is one with a body to read first.
-fn replay_only(sticky: &Sticky, head: &Head) -> Result<ShortCircuit, Rejection> {
+/// The answer to send, if the decision is one with a body to read first.
+fn replay_only(sticky: &Sticky, head: &Head) -> Result<Answer, Rejection> {
     // Without a `Content-Length` there is nothing to read: skip deciding twice.
     if !head.has_header("content-length") {
-        return Err(warp::reject::custom(NotReplayed));
+        return Err(warp::reject::custom(NothingToRead));
     }
-    match sticky.decide(head) {
-        Decision::Replay(sc, _) if sc.body_to_read() > 0 => Ok(sc),
-        _ => Err(warp::reject::custom(NotReplayed)),
+    match sticky.decide(head).into_action() {
+        Action::Answer(answer) if answer.body_to_read() > 0 => Ok(answer),
+        _ => Err(warp::reject::custom(NothingToRead)),
     }
 }
 
 /// Reads the body (its declared length at most), then rejects with the
-/// replay. Closing a connection with its body unread resets it, and the
-/// proxy can lose the answer.
-async fn drain_then_answer<S, B>(sc: ShortCircuit, body: S) -> Result<Option<SetCookie>, Rejection>
+/// answer (see the adapter contract).
+async fn drain_then_answer<S, B>(answer: Answer, body: S) -> Result<Finish, Rejection>
 where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
     let mut body = std::pin::pin!(body);
-    let mut left = sc.body_to_read();
+    let mut left = answer.body_to_read();
     while left > 0 {
         match body.next().await {
             Some(Ok(chunk)) => left = left.saturating_sub(chunk.remaining() as u64),
             None | Some(Err(_)) => break,
         }
     }
-    Err(warp::reject::custom(ShortCircuited(sc)))
+    Err(warp::reject::custom(Answered(answer)))
 }
 
 /// Turns only our own rejection into its response; every other rejection
 /// passes through unchanged.
 fn recover(rejection: Rejection) -> Ready<Result<Response, Rejection>> {
-    ready(match rejection.find::<ShortCircuited>() {
-        Some(ShortCircuited(sc)) => Ok(sc.to_response()),
+    ready(match rejection.find::<Answered>() {
+        Some(Answered(answer)) => Ok(answer.to_response()),
         None => Err(rejection),
     })
 }
 
-/// What the core reads of a request, fetched without copying the header map.
+/// What the core reads of a request: the whole head.
 struct Head {
     method: Method,
     path: FullPath,
     query: Option<String>,
-    /// The first field of each of [`HEADERS`].
-    headers: [Option<HeaderValue>; HEADERS.len()],
-    /// `fly-machine-id=<value>` of the first such cookie in any field.
-    sticky_cookie: Option<String>,
-    extra: Extra,
-}
-
-/// The configured extra headers and cookies that are present.
-#[derive(Default)]
-struct Extra {
-    headers: Vec<(&'static str, HeaderValue)>,
-    /// `<name>=<value>` of the first such cookie in any field.
-    cookies: Vec<String>,
+    headers: HeaderMap,
 }
 
 impl RequestView for Head {
@@ -531,89 +357,8 @@ impl RequestView for Head {
         self.query.as_deref()
     }
     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
-        if name.eq_ignore_ascii_case(COOKIE) {
-            // The first field as sent, then the named cookies from every
-            // field (repeating what the first field holds is harmless: the
-            // core sees the same values, and keeps their order).
-            // `HEADERS[0]` is `COOKIE`.
-            let first = self.headers[0].as_ref().map(HeaderValue::as_bytes);
-            let named = self.sticky_cookie.iter().chain(&self.extra.cookies);
-            for field in first.into_iter().chain(named.map(|c| c.as_bytes())) {
-                if each(field).is_break() {
-                    return;
-                }
-            }
-            return;
-        }
-        let known = HEADERS.iter().zip(&self.headers);
-        let known = known.map(|(n, v)| (*n, v.as_ref()));
-        let extra = self.extra.headers.iter().map(|(n, v)| (*n, Some(v)));
-        if let Some((_, Some(value))) = known
-            .chain(extra)
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-        {
-            let _ = each(value.as_bytes());
-        }
+        sticky_core::http_header_values(&self.headers, name, each);
     }
-}
-
-/// A type whose parsing always fails: `warp::header::optional::<Never>`
-/// answers `None` (without allocating) when the header is absent and
-/// rejects when it is present.
-enum Never {}
-
-impl FromStr for Never {
-    type Err = ();
-    fn from_str(_: &str) -> Result<Self, ()> {
-        Err(())
-    }
-}
-
-/// The first value of the header `name`, if any; never rejects.
-///
-/// Absent headers (the common case for most of the names) cost a lookup;
-/// present ones a reference-counted clone of the value.
-fn header(
-    name: &'static str,
-) -> impl Filter<Extract = (Option<HeaderValue>,), Error = Infallible> + Clone + Send + Sync + 'static
-{
-    warp::header::optional::<Never>(name)
-        .map(|_: Option<Never>| None)
-        .or(warp::header::value(name).map(Some))
-        .unify()
-        .or(any().map(|| None))
-        .unify()
-}
-
-/// A cookie value as `warp::cookie::optional` finds it.
-struct CookieValue(String);
-
-impl FromStr for CookieValue {
-    type Err = Infallible;
-    fn from_str(value: &str) -> Result<Self, Infallible> {
-        Ok(Self(value.to_owned()))
-    }
-}
-
-/// `<name>=<value>` of the first cookie `name` in any `Cookie` field, if any;
-/// never rejects.
-///
-/// warp's header filters see only the first field of a repeated header;
-/// its cookie filter joins every `Cookie` field (copying them only when
-/// there are several). It reads UTF-8 text only, so a field with other
-/// bytes hides the cookies of the later fields.
-fn cookie(
-    name: &'static str,
-) -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone + Send + Sync + 'static {
-    warp::cookie::optional::<CookieValue>(name).map(move |value: Option<CookieValue>| {
-        value.map(|CookieValue(value)| {
-            let mut field = String::with_capacity(name.len() + 1 + value.len());
-            field.push_str(name);
-            field.push('=');
-            field.push_str(&value);
-            field
-        })
-    })
 }
 
 /// The raw query, if any; never rejects.
@@ -622,35 +367,16 @@ fn query()
     warp::query::raw().map(Some).or(any().map(|| None)).unify()
 }
 
-/// Fetches what the core reads: method, path, query, [`HEADERS`], the
-/// sticky cookie from every field, and `extra`.
-fn head(
-    extra: BoxedFilter<(Extra,)>,
-) -> impl Filter<Extract = (Head,), Error = Rejection> + Clone + Send + Sync + 'static {
-    let [h0, h1, h2, h3, h4, h5, h6, h7, h8, h9] = HEADERS.map(header);
-    let headers = h0
-        .and(h1)
-        .and(h2)
-        .and(h3)
-        .and(h4)
-        .and(h5)
-        .and(h6)
-        .and(h7)
-        .and(h8)
-        .and(h9)
-        .map(|a, b, c, d, e, f, g, h, i, j| [a, b, c, d, e, f, g, h, i, j]);
+/// The request head: method, path, query and headers.
+fn head() -> impl Filter<Extract = (Head,), Error = Infallible> + Clone + Send + Sync + 'static {
     warp::method()
         .and(warp::path::full())
         .and(query())
-        .and(headers)
-        .and(cookie(DEFAULT_COOKIE_NAME))
-        .and(extra)
-        .map(|method, path, query, headers, sticky_cookie, extra| Head {
+        .and(warp::header::headers_cloned())
+        .map(|method, path, query, headers| Head {
             method,
             path,
             query,
             headers,
-            sticky_cookie,
-            extra,
         })
 }

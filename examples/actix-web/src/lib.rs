@@ -101,7 +101,7 @@ impl Contract {
             .route("/upload", web::post().to(upload))
             .route("/ws", web::get().to(ws))
             .route("/api/tenant", web::get().to(tenant))
-            .wrap(sticky_actix_web::Sticky::new(self.sticky.clone()))
+            .wrap(sticky_actix_web::StickyMiddleware::new(self.sticky.clone()))
     }
 }
 

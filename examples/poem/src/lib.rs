@@ -135,7 +135,7 @@ pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
         .at("/ws", get(ws))
         .at("/api/tenant", get(tenant))
         .data(state)
-        .with(sticky_poem::Sticky::new(sticky))
+        .with(sticky_poem::StickyMiddleware::new(sticky))
 }
 
 /// Serves the app on `listener` until `shutdown` completes, then stops

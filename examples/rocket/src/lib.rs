@@ -1,5 +1,5 @@
 //! The sticky demo app on Rocket: the shared app contract that every
-//! `examples/<framework>` serves, with the [`sticky_rocket::Sticky`] fairing.
+//! `examples/<framework>` serves, with the [`sticky_rocket::StickyFairing`] fairing.
 //!
 //! | route | answer |
 //! |---|---|
@@ -165,7 +165,7 @@ pub fn app(sticky: Sticky, config: Config) -> Rocket<Build> {
     rocket::custom(config)
         .manage(state)
         .mount("/", routes![index, health, upload, ws, tenant])
-        .attach(sticky_rocket::Sticky::new(sticky))
+        .attach(sticky_rocket::StickyFairing::new(sticky))
 }
 
 /// A running server started by [`start`].

@@ -1,0 +1,144 @@
+//! Where a request names its Machine: the configured sources in order,
+//! each value validated (format, signature) before it is used.
+
+use std::ops::ControlFlow;
+
+use crate::decision::Rejected;
+use crate::engine::Sticky;
+use crate::target::{self, Source};
+use crate::view::RequestView;
+
+/// A target found in the request.
+pub(crate) enum Found<'a> {
+    Nothing,
+    Refused(Source, Rejected),
+    Target(Target<'a>),
+}
+
+/// A target ID: borrowed from the request, or copied from the live set.
+#[derive(Clone, Copy)]
+pub(crate) enum Id<'a> {
+    Request(&'a [u8]),
+    Peer([u8; target::MAX_TARGET_LEN], u8),
+}
+
+impl Id<'_> {
+    pub(crate) fn peer(id: &str) -> Option<Self> {
+        let mut buf = [0; target::MAX_TARGET_LEN];
+        buf.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
+        Some(Id::Peer(buf, u8::try_from(id.len()).ok()?))
+    }
+
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Id::Request(b) => b,
+            Id::Peer(buf, len) => &buf[..usize::from(*len)],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct Target<'a> {
+    pub(crate) id: Id<'a>,
+    pub(crate) source: Source,
+    /// `(issued, seen)` of a signed cookie.
+    pub(crate) stamps: Option<(u64, u64)>,
+}
+
+impl Sticky {
+    /// Consults the sources in order; the first valid target wins.
+    pub(crate) fn find_target<'a, V: RequestView>(
+        &self,
+        req: &'a V,
+        me: &str,
+        now: u64,
+    ) -> Found<'a> {
+        let mut refused = None;
+        for &source in &self.inner.sources {
+            let mut best: Option<Target<'a>> = None;
+            let mut consider = |raw: &'a [u8]| -> bool {
+                match self.check(source, raw, now) {
+                    Ok(t) => {
+                        let mine = t.id.bytes() == me.as_bytes();
+                        if best.is_none() || mine {
+                            best = Some(t);
+                        }
+                        // A value naming this Machine settles duplicates.
+                        mine
+                    }
+                    Err(why) => {
+                        refused.get_or_insert((source, why));
+                        false
+                    }
+                }
+            };
+            match source {
+                Source::Cookie => {
+                    let scanner = &self.inner.scanner;
+                    req.header_values("cookie", &mut |field| {
+                        if scanner.scan(field, &mut consider) {
+                            ControlFlow::Break(())
+                        } else {
+                            ControlFlow::Continue(())
+                        }
+                    });
+                }
+                Source::Query => {
+                    if let Some(query) = req.query() {
+                        target::scan_query(query, &self.inner.query_param, &mut consider);
+                    }
+                }
+                Source::Key => {
+                    if let Some(t) = self.key_target(req) {
+                        return Found::Target(t);
+                    }
+                }
+                Source::Header => {
+                    if let Some(name) = &self.inner.header_source {
+                        req.header_values(name, &mut |v| {
+                            if consider(target::header_value(v)) {
+                                ControlFlow::Break(())
+                            } else {
+                                ControlFlow::Continue(())
+                            }
+                        });
+                    }
+                }
+            }
+            if let Some(t) = best {
+                return Found::Target(t);
+            }
+        }
+        match refused {
+            Some((source, why)) => Found::Refused(source, why),
+            None => Found::Nothing,
+        }
+    }
+
+    #[inline]
+    fn check<'a>(&self, source: Source, raw: &'a [u8], now: u64) -> Result<Target<'a>, Rejected> {
+        #[cfg(feature = "signed")]
+        if let (Source::Cookie, Some(signer)) = (source, &self.inner.signer) {
+            let v = signer.verify(raw, now)?;
+            return if self.inner.format.accepts_bytes(v.id) {
+                Ok(Target {
+                    id: Id::Request(v.id),
+                    source,
+                    stamps: Some((v.issued, v.seen)),
+                })
+            } else {
+                Err(Rejected::Format)
+            };
+        }
+        let _ = now;
+        if self.inner.format.accepts_bytes(raw) {
+            Ok(Target {
+                id: Id::Request(raw),
+                source,
+                stamps: None,
+            })
+        } else {
+            Err(Rejected::Format)
+        }
+    }
+}
