@@ -126,3 +126,35 @@ impl Driven {
 pub fn n(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
 }
+
+/// The venv `cargo xtask socketio` makes: `<target dir>/socketio-venv`.
+pub fn venv_python() -> PathBuf {
+    let target = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let target = target.parent().unwrap_or(&target);
+    let python = target.join("socketio-venv/bin/python");
+    assert!(
+        python.is_file(),
+        "no python-socketio venv at {}: run `cargo xtask socketio`",
+        python.display()
+    );
+    python
+}
+
+/// Runs `python/client.py` against `sim` and returns its JSON summary.
+pub async fn python_load(sim: &FlySim, clients: u32, echoes: u32) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("python/client.py");
+    let child = Command::new(venv_python())
+        .arg(script)
+        .args([sim.url(), clients.to_string(), echoes.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts");
+    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
+        .await
+        .expect("client.py finishes within 90 s")
+        .expect("client.py runs");
+    assert!(out.status.success(), "client.py failed: {:?}", out.status);
+    last_json(&out.stdout)
+}
