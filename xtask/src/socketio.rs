@@ -17,7 +17,7 @@ use std::process::Command;
 use crate::{cargo, root, run, target_dir};
 
 /// The test targets of `example-socketio` that need the real clients.
-const TESTS: [&str; 2] = ["socketio_node", "socketio_python"];
+const TESTS: [&str; 3] = ["socketio_node", "socketio_python", "socketio_faults"];
 
 /// Installs the clients and runs the socket.io tests.
 pub(crate) fn run_tests(_args: &[String]) -> Result<(), String> {
