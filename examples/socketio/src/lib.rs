@@ -34,8 +34,10 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
-use sticky_axum::StickyLayer;
-use sticky_axum::sticky_core::{ConfigError, Env, Sticky};
+use sticky_axum::{
+    StickyLayer,
+    sticky_core::{Env, Sticky},
+};
 
 /// Environment variable that names the browser client file served at
 /// `/client/socket.io.min.js`.
@@ -47,7 +49,7 @@ pub const STICKY_VAR: &str = "STICKY";
 
 /// The engine from the environment (`FLY_MACHINE_ID` etc.): defaults with
 /// `/health` excluded; `None` when `STICKY=off`.
-pub fn sticky_from_env() -> Result<Option<Sticky>, ConfigError> {
+pub fn sticky_from_env() -> Result<Option<Sticky>, sticky_axum::sticky_core::ConfigError> {
     if std::env::var(STICKY_VAR).is_ok_and(|v| v == "off") {
         return Ok(None);
     }
@@ -141,10 +143,10 @@ pub fn app(sticky: Option<Sticky>, machine: Arc<str>) -> Router {
         .route("/client/socket.io.min.js", get(client_js))
         .route("/machine", get(move || async move { machine.to_string() }))
         .route("/health", get(|| async { "ok" }));
-    match sticky {
-        Some(sticky) => app.layer(sio_layer).layer(StickyLayer::new(sticky)),
-        None => app.layer(sio_layer),
-    }
+    let Some(sticky) = sticky else {
+        return app.layer(sio_layer);
+    };
+    app.layer(sio_layer).layer(StickyLayer::new(sticky))
 }
 
 async fn page(machine: Arc<str>) -> Html<String> {
