@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod machine;
 mod soak;
+mod socketio;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
@@ -18,7 +19,8 @@ tasks:
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
   fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
   bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md
-  soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md";
+  soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md
+  socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)";
 
 /// The frameworks, in matrix order. An adapter is present when its example
 /// package exists in the workspace.
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::run_target(rest),
         "bench" => bench::run(rest),
         "soak" => soak::run(rest),
+        "socketio" => socketio::run_tests(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -138,6 +141,7 @@ fn ci() -> Result<(), String> {
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features"]);
     run("cargo test --workspace --all-features", test)?;
+    socketio::run_tests(&[])?;
 
     // The core without `http` (what http 0.2 frameworks depend on).
     let mut core_minimal = cargo();
