@@ -20,6 +20,7 @@ pub struct Request {
     target: String,
     headers: Vec<(String, Vec<u8>)>,
     body: Body,
+    close: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -42,6 +43,7 @@ impl Request {
             target: target.into(),
             headers: Vec::new(),
             body: Body::None,
+            close: true,
         }
     }
 
@@ -72,9 +74,26 @@ impl Request {
         self
     }
 
+    /// Leaves out the `connection: close` every request otherwise carries,
+    /// for a request followed by another on the same [`Connection`].
+    pub fn keep_alive(mut self) -> Self {
+        self.close = false;
+        self
+    }
+
+    /// The bytes this request is sent as.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode()
+    }
+
     fn encode(&self) -> Vec<u8> {
+        let close = if self.close {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
         let mut out = format!(
-            "{} {} HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n",
+            "{} {} HTTP/1.1\r\nhost: app.test\r\n{close}",
             self.method, self.target
         )
         .into_bytes();
@@ -258,6 +277,185 @@ fn dechunk(mut raw: &[u8]) -> Result<Vec<u8>, String> {
         }
         out.extend_from_slice(&raw[..size]);
         raw = &raw[size + 2..];
+    }
+}
+
+/// Sends `bytes` exactly as given on a fresh connection (several requests,
+/// bodies a request does not declare, any bytes at all), reads until the
+/// server closes the connection, and parses every response that came back,
+/// in order (a response without `Content-Length` or chunking takes the rest).
+pub async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<Response>, String> {
+    tokio::time::timeout(IO_TIMEOUT, async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        stream
+            .write_all(bytes)
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut raw = Vec::new();
+        let _ = stream.read_to_end(&mut raw).await;
+        let mut responses = Vec::new();
+        let mut rest = &raw[..];
+        while !rest.is_empty() {
+            let (res, used) = take_response(rest, false, true)?
+                .ok_or_else(|| format!("a truncated response after {}", responses.len()))?;
+            responses.push(res);
+            rest = &rest[used..];
+        }
+        Ok(responses)
+    })
+    .await
+    .map_err(|_| {
+        format!(
+            "no reply within {IO_TIMEOUT:?} to {} raw bytes",
+            bytes.len()
+        )
+    })?
+}
+
+/// One client connection that carries several exchanges (keep-alive), read
+/// one response at a time.
+#[derive(Debug)]
+pub struct Connection {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Connection {
+    /// Connects to `addr`.
+    pub async fn open(addr: SocketAddr) -> Result<Self, String> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes `bytes` as they are.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes))
+            .await
+            .map_err(|_| "write timed out".to_owned())?
+            .map_err(|e| format!("write: {e}"))
+    }
+
+    /// Sends `req` (see [`Request::keep_alive`]) and reads its response.
+    pub async fn send(&mut self, req: &Request) -> Result<Response, String> {
+        self.write(&req.encode()).await?;
+        self.response(req.method == "HEAD").await
+    }
+
+    /// Reads the next response (`head_only`: it answers a HEAD request);
+    /// a `101` or other response without a body ends at its head.
+    pub async fn response(&mut self, head_only: bool) -> Result<Response, String> {
+        tokio::time::timeout(IO_TIMEOUT, async {
+            let mut eof = false;
+            loop {
+                if let Some((res, used)) = take_response(&self.buf, head_only, eof)? {
+                    self.buf.drain(..used);
+                    return Ok(res);
+                }
+                if eof {
+                    return Err(format!(
+                        "the connection closed before a whole response ({} bytes)",
+                        self.buf.len()
+                    ));
+                }
+                let mut chunk = [0u8; 16 * 1024];
+                let n = self
+                    .stream
+                    .read(&mut chunk)
+                    .await
+                    .map_err(|e| format!("read: {e}"))?;
+                eof = n == 0;
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        })
+        .await
+        .map_err(|_| format!("no response within {IO_TIMEOUT:?}"))?
+    }
+}
+
+/// The first response in `raw` and how many bytes it took, or `None` when
+/// `raw` does not hold all of it yet (`eof`: no more bytes will come, so a
+/// body without a length ends here).
+fn take_response(
+    raw: &[u8],
+    head_only: bool,
+    eof: bool,
+) -> Result<Option<(Response, usize)>, String> {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let mut res = parse(&raw[..split + 4], true)?;
+    let rest = &raw[split + 4..];
+    let bodiless = head_only || matches!(res.status, 100..=199 | 204 | 304);
+    if bodiless {
+        return Ok(Some((res, split + 4)));
+    }
+    let chunked = res
+        .all("transfer-encoding")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("chunked"));
+    let used = if chunked {
+        match dechunk_prefix(rest)? {
+            Some((body, used)) => {
+                res.body = body;
+                used
+            }
+            None => return Ok(None),
+        }
+    } else if let Some(len) = res.one("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| format!("bad content-length {len:?}"))?;
+        if rest.len() < len {
+            return Ok(None);
+        }
+        res.body = rest[..len].to_vec();
+        len
+    } else if eof {
+        res.body = rest.to_vec();
+        rest.len()
+    } else {
+        return Ok(None);
+    };
+    Ok(Some((res, split + 4 + used)))
+}
+
+/// A chunked body at the start of `raw` and how many bytes it took
+/// (trailers included), or `None` while it is incomplete.
+fn dechunk_prefix(raw: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    let mut body = Vec::new();
+    let mut at = 0;
+    loop {
+        let Some(line_end) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let size_text = String::from_utf8_lossy(&raw[at..at + line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+        at += line_end + 2;
+        if size == 0 {
+            // Trailers, up to an empty line.
+            loop {
+                let Some(end) = raw[at..].windows(2).position(|w| w == b"\r\n") else {
+                    return Ok(None);
+                };
+                at += end + 2;
+                if end == 0 {
+                    return Ok(Some((body, at)));
+                }
+            }
+        }
+        if raw.len() < at + size + 2 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&raw[at..at + size]);
+        at += size + 2;
     }
 }
 
@@ -566,4 +764,37 @@ pub async fn websocket_echo(
     })
     .await
     .map_err(|_| format!("websocket {path} timed out"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::take_response;
+
+    #[test]
+    fn take_response_frames_each_kind_of_body() {
+        let raw = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nhiHTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n\x81";
+        let (first, used) = take_response(raw, false, false).unwrap().unwrap();
+        assert_eq!((first.status, first.text().as_str()), (200, "hi"));
+        let (second, used2) = take_response(&raw[used..], false, false).unwrap().unwrap();
+        assert_eq!(second.status, 101);
+        assert_eq!(&raw[used + used2..], b"\x81");
+
+        let chunked = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nx-t: 1\r\n\r\nnext";
+        let (res, used) = take_response(chunked, false, false).unwrap().unwrap();
+        assert_eq!(res.text(), "hello");
+        assert_eq!(&chunked[used..], b"next");
+        assert!(
+            take_response(&chunked[..60], false, false)
+                .unwrap()
+                .is_none()
+        );
+
+        let open = b"HTTP/1.1 200 OK\r\n\r\nrest";
+        assert!(take_response(open, false, false).unwrap().is_none());
+        let (res, _) = take_response(open, false, true).unwrap().unwrap();
+        assert_eq!(res.text(), "rest");
+        let head = b"HTTP/1.1 307 Temporary Redirect\r\ncontent-length: 9\r\n\r\n";
+        let (res, used) = take_response(head, true, false).unwrap().unwrap();
+        assert_eq!((res.status, used), (307, head.len()));
+    }
 }
