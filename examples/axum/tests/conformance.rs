@@ -1,4 +1,6 @@
-//! The shared conformance suite against example-axum, in process.
+//! The shared conformance suite against example-axum, in process (the
+//! scenarios that every adapter passes; `sticky-axum`'s own tests cover
+//! only what is particular to tower and axum).
 
 use std::future::Future;
 use std::io;
