@@ -1,4 +1,6 @@
-//! The shared conformance suite against example-warp, in process.
+//! The shared conformance suite against example-warp, in process (the
+//! scenarios that every adapter passes; `sticky-warp`'s own tests cover
+//! only what is particular to warp).
 
 use std::future::Future;
 use std::io;
