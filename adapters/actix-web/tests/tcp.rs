@@ -1,7 +1,9 @@
-//! sticky-actix-web end to end over real TCP sockets: raw HTTP/1.1 bytes in,
-//! bytes out, against a real `HttpServer` running on its own actix thread.
-
-mod common;
+//! sticky-actix-web over real TCP sockets against a real `HttpServer` on its
+//! own actix thread, for what is particular to actix-web: handler errors,
+//! unknown routes, http 0.2 header and query access, the upgrade it does
+//! not complete, keep-alive after an unread body, `skip_if` on the
+//! `ServiceRequest`, scopes. The shared scenarios run against the example
+//! app in `examples/actix-web/tests/conformance.rs`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,14 +11,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use actix_web::dev::{ServerHandle, ServiceRequest};
 use actix_web::{App, HttpResponse, HttpServer, web};
-use common::*;
+use conformance::client::{Request, Response, send, send_raw};
 use sticky_actix_web::Skip;
 use sticky_actix_web::sticky_core::{Env, Sticky};
+
+const S: &str = "148ed599c14189";
+const T: &str = "90801679a10038";
+
+/// Binds 127.0.0.1:0, builds the server on it and runs it on its own thread
+/// with its own actix `System`.
+fn start(
+    build: impl FnOnce(std::net::TcpListener) -> std::io::Result<actix_web::dev::Server>,
+) -> (SocketAddr, ServerHandle) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = build(listener).unwrap();
+    let handle = server.handle();
+    std::thread::spawn(move || actix_web::rt::System::new().block_on(server));
+    (addr, handle)
+}
+
+async fn get(addr: SocketAddr, req: Request) -> Response {
+    send(addr, &req).await.unwrap()
+}
+
+fn ws_upgrade(req: Request) -> Request {
+    req.header("Upgrade", "websocket")
+        .header("Connection", "Upgrade")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "13")
+}
 
 struct Server {
     addr: SocketAddr,
     runs: Arc<AtomicU64>,
-    sticky: Sticky,
     _handle: ServerHandle,
 }
 
@@ -54,7 +82,6 @@ fn serve_with<P>(middleware: sticky_actix_web::StickyMiddleware<P>) -> Server
 where
     P: Skip + Clone + Send + 'static,
 {
-    let sticky = middleware.sticky().clone();
     let runs = Arc::new(AtomicU64::new(0));
     let data = web::Data::from(runs.clone());
     let (addr, handle) = start(move |listener| {
@@ -77,7 +104,6 @@ where
     Server {
         addr,
         runs,
-        sticky,
         _handle: handle,
     }
 }
@@ -102,7 +128,7 @@ fn assert_pinned_here(cookie: &str) {
 #[tokio::test]
 async fn stick_runs_the_handler_and_adds_nothing() {
     let s = serve(Env::machine(S));
-    let r = get(s.addr, "/", &cookie(S)).await;
+    let r = get(s.addr, Request::get("/").cookie(S)).await;
     assert_eq!((r.status, r.text().as_str()), (200, "hi"));
     assert!(r.one("set-cookie").is_none());
     assert!(r.one("cache-control").is_none());
@@ -111,27 +137,9 @@ async fn stick_runs_the_handler_and_adds_nothing() {
 }
 
 #[tokio::test]
-async fn first_visit_is_pinned_here() {
-    let s = serve(Env::machine(S));
-    let r = get(s.addr, "/", "").await;
-    assert_eq!((r.status, r.text().as_str()), (200, "hi"));
-    assert_eq!(r.all("set-cookie").len(), 1);
-    let cookie = r.one("set-cookie").unwrap();
-    assert_pinned_here(cookie);
-    assert!(!cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
-    assert_eq!(r.all("cache-control"), ["private"]);
-    assert_eq!(s.runs(), 1);
-
-    let r = get(s.addr, "/", "X-Forwarded-Proto: https\r\n").await;
-    let cookie = r.one("set-cookie").unwrap();
-    assert_pinned_here(cookie);
-    assert!(cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
-}
-
-#[tokio::test]
 async fn the_apps_own_headers_are_kept() {
     let s = serve(Env::machine(S));
-    let r = get(s.addr, "/own-headers", "").await;
+    let r = get(s.addr, Request::get("/own-headers")).await;
     assert_eq!(r.text(), "own");
     assert_eq!(r.all("cache-control"), ["no-store"], "not duplicated");
     let cookies = r.all("set-cookie");
@@ -143,7 +151,7 @@ async fn the_apps_own_headers_are_kept() {
 #[tokio::test]
 async fn an_error_response_from_the_handler_is_still_pinned() {
     let s = serve(Env::machine(S));
-    let r = get(s.addr, "/fails", "").await;
+    let r = get(s.addr, Request::get("/fails")).await;
     assert_eq!(r.status, 400);
     assert_pinned_here(r.one("set-cookie").unwrap());
     assert_eq!(s.runs(), 1);
@@ -154,8 +162,7 @@ async fn pinned_elsewhere_is_replayed_without_running_the_handler() {
     let s = serve(Env::machine(S));
     let r = get(
         s.addr,
-        "/",
-        &format!("Cookie: theme=dark; fly-machine-id={T}\r\n"),
+        Request::get("/").header("Cookie", format!("theme=dark; fly-machine-id={T}")),
     )
     .await;
     assert_eq!(r.status, 307);
@@ -166,7 +173,7 @@ async fn pinned_elsewhere_is_replayed_without_running_the_handler() {
     assert_eq!(s.runs(), 0, "the handler did not run");
 
     // Unknown routes are behind the middleware too.
-    let r = get(s.addr, "/nowhere", &cookie(T)).await;
+    let r = get(s.addr, Request::get("/nowhere").cookie(T)).await;
     assert_eq!(r.status, 307);
     assert_eq!(s.runs(), 0);
 }
@@ -177,52 +184,34 @@ async fn every_cookie_field_is_seen_in_any_case() {
     // Two Cookie fields: the view yields both values, in order.
     let r = get(
         s.addr,
-        "/",
-        &format!("Cookie: a=1\r\nCOOKIE: fly-machine-id={T}\r\n"),
+        Request::get("/")
+            .header("Cookie", "a=1")
+            .header("COOKIE", format!("fly-machine-id={T}")),
     )
     .await;
     assert_eq!(r.status, 307);
     assert_eq!(r.one("fly-replay"), Some("prefer_instance=90801679a10038"));
     // A field naming this Machine settles duplicates.
-    let r = get(
-        s.addr,
-        "/",
-        &format!("Cookie: fly-machine-id={T}\r\nCookie: fly-machine-id={S}\r\n"),
-    )
-    .await;
+    let r = get(s.addr, Request::get("/").cookie(T).cookie(S)).await;
     assert_eq!(r.status, 200);
     assert!(r.one("set-cookie").is_none());
     assert_eq!(s.runs(), 1);
 }
 
 #[tokio::test]
-async fn injection_is_re_pinned_not_replayed() {
-    let s = serve(Env::machine(S));
-    for value in [
-        format!("{T}%3Bapp%3Dx"),
-        "x;app=y".to_owned(),
-        format!("{T},app=x"),
-        "\"x\"".to_owned(),
-        T.to_uppercase(),
-    ] {
-        let r = get(s.addr, "/", &format!("Cookie: fly-machine-id={value}\r\n")).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "hi"), "{value}");
-        assert!(r.one("fly-replay").is_none(), "{value}");
-        assert_pinned_here(r.one("set-cookie").unwrap());
-    }
-    assert_eq!(s.runs(), 5);
-}
-
-#[tokio::test]
 async fn query_strings_are_read_and_empty_ones_are_none() {
     let s = serve(Env::machine(S));
-    let r = get(s.addr, &format!("/?fly_instance_id={T}"), "").await;
+    let r = get(s.addr, Request::get(format!("/?fly_instance_id={T}"))).await;
     assert_eq!(r.status, 307);
     assert_eq!(r.one("fly-replay"), Some("prefer_instance=90801679a10038"));
-    let r = get(s.addr, "/?", "").await;
+    let r = get(s.addr, Request::get("/?")).await;
     assert_eq!(r.status, 200);
     assert_pinned_here(r.one("set-cookie").unwrap());
-    let r = get(s.addr, "/?fly_instance_id=x%3Bapp%3Dy&fly_instance_id=", "").await;
+    let r = get(
+        s.addr,
+        Request::get("/?fly_instance_id=x%3Bapp%3Dy&fly_instance_id="),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.one("fly-replay").is_none());
 }
@@ -230,7 +219,7 @@ async fn query_strings_are_read_and_empty_ones_are_none() {
 #[tokio::test]
 async fn websocket_upgrades_pinned_elsewhere_get_the_replay_status_never_101() {
     let s = serve(Env::machine(S));
-    let r = get(s.addr, "/", &format!("{UPGRADE}{}", cookie(T))).await;
+    let r = get(s.addr, ws_upgrade(Request::get("/")).cookie(T)).await;
     assert_eq!(r.status, 307);
     assert_eq!(r.one("fly-replay"), Some("prefer_instance=90801679a10038"));
     assert!(r.one("upgrade").is_none());
@@ -239,52 +228,13 @@ async fn websocket_upgrades_pinned_elsewhere_get_the_replay_status_never_101() {
     // actix-web closes a connection whose upgrade it did not complete.
     assert_eq!(r.one("connection"), Some("close"));
 
-    let r = get(s.addr, &format!("/?fly_instance_id={T}"), UPGRADE).await;
+    let r = get(
+        s.addr,
+        ws_upgrade(Request::get(format!("/?fly_instance_id={T}"))),
+    )
+    .await;
     assert_eq!(r.status, 307);
     assert_eq!(s.runs(), 0);
-}
-
-#[tokio::test]
-async fn websocket_upgrade_of_the_example_is_replayed_and_the_handler_never_runs() {
-    let sticky = example_actix_web::sticky(Env::machine(S)).unwrap();
-    let contract = example_actix_web::Contract::new(sticky.clone());
-    let app = contract.clone();
-    let (addr, _handle) = start(move |listener| {
-        Ok(HttpServer::new(move || app.app())
-            .workers(1)
-            .disable_signals()
-            .listen(listener)?
-            .run())
-    });
-    let r = get(addr, "/ws", &format!("{UPGRADE}{}", cookie(T))).await;
-    assert_eq!(r.status, 307);
-    assert_eq!(r.one("fly-replay"), Some("prefer_instance=90801679a10038"));
-    assert_eq!(contract.handled(), 0, "no upgrade, no handler run");
-    let r = get(addr, "/", &cookie(S)).await;
-    assert_eq!(r.text(), format!("machine={S} handled=1"));
-}
-
-#[tokio::test]
-async fn large_and_chunked_uploads_pinned_elsewhere_are_served_here() {
-    let s = serve(Env::machine(S));
-    let body = vec![b'x'; 2_000_000];
-    let r = post(s.addr, "/upload", &cookie(T), &body).await;
-    assert_eq!((r.status, r.text().as_str()), (200, "bytes=2000000"));
-    assert!(r.one("fly-replay").is_none());
-    assert!(r.one("set-cookie").is_none(), "served here, not re-pinned");
-
-    let head = format!(
-        "POST /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\n{}Transfer-Encoding: chunked\r\n\r\n",
-        cookie(T)
-    );
-    let r = send(s.addr, &head, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").await;
-    assert_eq!((r.status, r.text().as_str()), (200, "bytes=11"));
-    assert!(r.one("fly-replay").is_none());
-
-    // A small upload pinned elsewhere is replayed, its body unread.
-    let r = post(s.addr, "/upload", &cookie(T), b"hello").await;
-    assert_eq!(r.status, 307);
-    assert_eq!(s.runs(), 2);
 }
 
 #[tokio::test]
@@ -293,11 +243,9 @@ async fn keep_alive_after_a_replayed_body_does_not_desync() {
     // A replayed POST whose body the middleware never read, then a GET on
     // the same connection: the body must not be taken for a request.
     let bytes = format!(
-        "POST /upload HTTP/1.1\r\nHost: app\r\n{}Content-Length: 18\r\n\r\nGET /nowhere HTTP/GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n{}\r\n",
-        cookie(T),
-        cookie(S)
+        "POST /upload HTTP/1.1\r\nHost: app\r\nCookie: fly-machine-id={T}\r\nContent-Length: 18\r\n\r\nGET /nowhere HTTP/GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\nCookie: fly-machine-id={S}\r\n\r\n"
     );
-    let replies = exchange(s.addr, bytes.as_bytes()).await;
+    let replies = send_raw(s.addr, bytes.as_bytes()).await.unwrap();
     assert_eq!(replies[0].status, 307);
     assert_eq!(
         replies[0].one("fly-replay"),
@@ -313,69 +261,20 @@ async fn keep_alive_after_a_replayed_body_does_not_desync() {
 }
 
 #[tokio::test]
-async fn drain_replays_pinned_here_and_new_requests_elsewhere() {
-    let s = serve(Env::machine(S));
-    s.sticky.drain();
-    let r = get(s.addr, "/", &cookie(S)).await;
-    assert_eq!(r.status, 307);
-    assert_eq!(r.one("fly-replay"), Some("elsewhere=true"));
-    let r = get(s.addr, "/", "").await;
-    assert_eq!(r.status, 307);
-    assert_eq!(r.one("fly-replay"), Some("elsewhere=true"));
-    let r = get(s.addr, "/health", &cookie(S)).await;
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (200, "ok"),
-        "excluded paths still serve"
-    );
-    assert_eq!(s.runs(), 0);
-    s.sticky.undrain();
-    assert_eq!(get(s.addr, "/", &cookie(S)).await.status, 200);
-}
-
-#[tokio::test]
-async fn already_replayed_requests_are_served_here_and_re_pinned() {
-    let s = serve(Env::machine(S));
-    let r = get(
-        s.addr,
-        "/",
-        &format!(
-            "{}Fly-Replay-Src: instance={T};region=ord;t=1\r\n",
-            cookie(T)
-        ),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert!(r.one("fly-replay").is_none());
-    assert_pinned_here(r.one("set-cookie").unwrap());
-}
-
-#[tokio::test]
-async fn not_on_fly_adds_nothing() {
-    let s = serve(Env::default());
-    for extra in [cookie(T), String::new(), cookie(S)] {
-        let r = get(s.addr, "/", &extra).await;
-        assert_eq!(r.status, 200);
-        assert!(
-            r.one("set-cookie").is_none()
-                && r.one("fly-replay").is_none()
-                && r.one("cache-control").is_none()
-        );
-    }
-    assert_eq!(s.runs(), 3);
-}
-
-#[tokio::test]
 async fn skip_predicate_bypasses_the_middleware() {
     let sticky = Sticky::builder().build(Env::machine(S)).unwrap();
     let s = serve_with(
         sticky_actix_web::StickyMiddleware::new(sticky)
             .skip_if(|req: &ServiceRequest| req.headers().contains_key("x-internal")),
     );
-    let r = get(s.addr, "/", &format!("X-Internal: 1\r\n{}", cookie(T))).await;
+    let r = get(
+        s.addr,
+        Request::get("/").header("X-Internal", "1").cookie(T),
+    )
+    .await;
     assert_eq!(r.status, 200);
     assert!(r.one("set-cookie").is_none());
-    let r = get(s.addr, "/", &cookie(T)).await;
+    let r = get(s.addr, Request::get("/").cookie(T)).await;
     assert_eq!(r.status, 307);
     assert_eq!(s.runs(), 1);
 }
@@ -402,10 +301,10 @@ async fn on_a_scope_the_engine_sees_the_full_path() {
         .listen(listener)?
         .run())
     });
-    let r = get(addr, "/app/health", &cookie(T)).await;
+    let r = get(addr, Request::get("/app/health").cookie(T)).await;
     assert_eq!((r.status, r.text().as_str()), (200, "ok"));
-    let r = get(addr, "/app/page", &cookie(T)).await;
+    let r = get(addr, Request::get("/app/page").cookie(T)).await;
     assert_eq!(r.status, 307);
-    let r = get(addr, "/outside", &cookie(T)).await;
+    let r = get(addr, Request::get("/outside").cookie(T)).await;
     assert_eq!((r.status, r.text().as_str()), (200, "outside"));
 }

@@ -1,4 +1,6 @@
-//! The shared conformance suite against example-actix-web, in process.
+//! The shared conformance suite against example-actix-web, in process (the
+//! scenarios that every adapter passes; `sticky-actix-web`'s own tests
+//! cover only what is particular to actix-web).
 //!
 //! actix-web runs on its own (non-`Send`) runtime, so each instance's
 //! `HttpServer` runs on a dedicated thread with its own actix `System`; the
