@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use sticky_core::{Outcome, 
-    Decision, Env, Fallback, KeySource, LargeBody, Marker, Peer, Reason, Refresh, Replay,
+use sticky_core::{
+    Decision, Env, Fallback, KeySource, LargeBody, Marker, Outcome, Peer, Reason, Refresh, Replay,
     RequestView, SameSite, Secure, SetCookie, Source, Sticky, TargetFormat, Unavailable,
 };
 
@@ -756,7 +756,11 @@ fn check(input: &Input) {
     let now = input.now.get();
     let d = sticky.decide_at(&req, now);
     assert_eq!(d, sticky.decide_at(&req, now), "decide_at is pure");
-    assert_eq!(d.closes_connection(), e.drain, "every answer closes while draining");
+    assert_eq!(
+        d.closes_connection(),
+        e.drain,
+        "every answer closes while draining"
+    );
     let reason = d.reason();
     assert!((1..=8).contains(&reason.row()));
     if !e.on_fly {
