@@ -22,7 +22,7 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sticky_core::{
-    Decision, Env, Fallback, KeySource, LargeBody, Marker, Outcome, Peer, Reason, Refresh, Replay,
+    Env, Fallback, KeySource, LargeBody, Marker, Outcome, Peer, Reason, Refresh, Replay,
     RequestView, SameSite, Secure, SetCookie, Source, Sticky, TargetFormat, Unavailable,
 };
 
