@@ -1,5 +1,9 @@
-//! The middleware over real TCP sockets: a poem server on 127.0.0.1:0 and a
-//! raw HTTP/1.1 client (or tokio-tungstenite for WebSockets).
+//! The middleware over real TCP sockets (a poem server on 127.0.0.1:0, the
+//! suite's raw client), for what is particular to poem: the app's own
+//! headers, endpoint errors, nesting and `original_uri()`, `skip_if` on the
+//! poem request, the engine the middleware hands out, refusals and the
+//! replay status. The shared scenarios run against the example app in
+//! `examples/poem/tests/conformance.rs`.
 
 mod common;
 
@@ -14,8 +18,6 @@ use poem::{
     Body, Endpoint, EndpointExt, IntoResponse, Request, Response, Route, get, handler, post,
 };
 use sticky_poem::sticky_core::{self, Env, Unavailable};
-use tokio_tungstenite::tungstenite;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 /// Counts handler runs.
 #[derive(Clone, Default)]
@@ -130,15 +132,15 @@ async fn start(sticky: sticky_core::Sticky) -> (TestServer, Runs) {
     (serve(app(sticky, &runs)).await, runs)
 }
 
-fn assert_replayed_to(resp: &Resp, fly_replay: &str) {
+fn assert_replayed_to(resp: &Reply, fly_replay: &str) {
     assert_eq!(resp.status, 307, "{resp:?}");
     assert_eq!(resp.all("fly-replay"), [fly_replay], "{resp:?}");
     assert!(resp.body.is_empty(), "{resp:?}");
-    assert_eq!(resp.header("content-length"), Some("0"), "{resp:?}");
+    assert_eq!(resp.one("content-length"), Some("0"), "{resp:?}");
     assert!(resp.all("set-cookie").is_empty(), "{resp:?}");
 }
 
-fn assert_untouched(resp: &Resp) {
+fn assert_untouched(resp: &Reply) {
     assert!(resp.all("set-cookie").is_empty(), "{resp:?}");
     assert!(resp.all("fly-replay").is_empty(), "{resp:?}");
     assert!(resp.all("cache-control").is_empty(), "{resp:?}");
@@ -155,37 +157,13 @@ async fn pinned_here_sticks_without_a_cookie() {
 }
 
 #[tokio::test]
-async fn first_visit_pins_here() {
-    let (server, runs) = start(here()).await;
-    let resp = http_get(server.addr, "/", &[]).await;
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.text(), "hello");
-    assert_eq!(runs.get(), 1);
-    let cookies = resp.all("set-cookie");
-    assert_eq!(cookies.len(), 1, "{resp:?}");
-    assert_pin_cookie(cookies[0], false);
-    assert_eq!(resp.all("cache-control"), ["private"]);
-    assert!(resp.all("fly-replay").is_empty());
-}
-
-#[tokio::test]
-async fn first_visit_over_https_gets_a_secure_cookie() {
-    let (server, _runs) = start(here()).await;
-    let resp = http_get(server.addr, "/", &[("x-forwarded-proto", "https")]).await;
-    assert_eq!(resp.status, 200);
-    let cookies = resp.all("set-cookie");
-    assert_eq!(cookies.len(), 1, "{resp:?}");
-    assert_pin_cookie(cookies[0], true);
-}
-
-#[tokio::test]
 async fn the_apps_cache_control_is_kept_not_duplicated() {
     let (server, runs) = start(here()).await;
     let resp = http_get(server.addr, "/cached", &[]).await;
     assert_eq!(resp.status, 200);
     assert_eq!(runs.get(), 1);
     assert_eq!(resp.all("cache-control"), ["no-store"]);
-    assert_pin_cookie(resp.header("set-cookie").expect("set-cookie"), false);
+    assert_pin_cookie(resp.one("set-cookie").expect("set-cookie"), false);
 }
 
 #[tokio::test]
@@ -201,162 +179,25 @@ async fn the_apps_set_cookie_is_kept_next_to_ours() {
 }
 
 #[tokio::test]
-async fn pinned_elsewhere_is_replayed_without_running_the_endpoint() {
-    let (server, runs) = start(here()).await;
-    let resp = http_get(server.addr, "/", &[("cookie", &pinned(THERE))]).await;
-    assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
-    assert_eq!(runs.get(), 0);
-}
-
-#[tokio::test]
-async fn the_pin_is_found_among_several_cookie_fields() {
-    let (server, runs) = start(here()).await;
-    let cookie = pinned(THERE);
-    let resp = http_get(
-        server.addr,
-        "/",
-        &[("cookie", "theme=dark"), ("cookie", &cookie)],
-    )
-    .await;
-    assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
-    assert_eq!(runs.get(), 0);
-}
-
-#[tokio::test]
-async fn a_small_post_pinned_elsewhere_is_replayed_unread() {
-    let (server, runs) = start(here()).await;
-    let cookie = pinned(THERE);
-    let mut raw = head(
-        "POST",
-        "/upload",
-        &[("cookie", &cookie), ("content-length", "5")],
-    );
-    raw.push_str("hello");
-    let resp = Conn::open(server.addr).await.request(raw.as_bytes()).await;
-    assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
-    assert_eq!(runs.get(), 0);
-}
-
-#[tokio::test]
-async fn injected_cookie_values_never_reach_fly_replay() {
-    let (server, runs) = start(here()).await;
-    let encoded = format!("fly-machine-id={THERE}%3Bapp%3Dx");
-    for cookie in [encoded.as_str(), "fly-machine-id=x;app=y"] {
-        let resp = http_get(server.addr, "/", &[("cookie", cookie)]).await;
-        assert_eq!(resp.status, 200, "{cookie}: {resp:?}");
-        assert!(resp.all("fly-replay").is_empty(), "{cookie}: {resp:?}");
-        let cookies = resp.all("set-cookie");
-        assert_eq!(cookies.len(), 1, "{cookie}: {resp:?}");
-        assert_pin_cookie(cookies[0], false);
-    }
-    assert_eq!(runs.get(), 2);
-}
-
-#[tokio::test]
 async fn websocket_upgrade_pinned_elsewhere_gets_the_replay_status_not_101() {
     let (server, runs) = start(here()).await;
     let cookie = pinned(THERE);
-    let mut conn = Conn::open(server.addr).await;
+    let mut conn = Connection::open(server.addr).await.expect("connect");
     let resp = conn
-        .request(ws_upgrade_head("/ws", &[("cookie", &cookie)]).as_bytes())
-        .await;
+        .send(&ws_upgrade(common::Request::get("/ws").header("cookie", &cookie)).keep_alive())
+        .await
+        .expect("a response");
     assert_ne!(resp.status, 101);
     assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
-    assert!(resp.header("upgrade").is_none(), "{resp:?}");
-    assert!(resp.header("sec-websocket-accept").is_none(), "{resp:?}");
+    assert!(resp.one("upgrade").is_none(), "{resp:?}");
+    assert!(resp.one("sec-websocket-accept").is_none(), "{resp:?}");
     assert_eq!(runs.get(), 0);
     // The connection was not handed to an upgrade: it still speaks HTTP.
-    let here_cookie = pinned(HERE);
     let next = conn
-        .request(head("GET", "/", &[("cookie", &here_cookie)]).as_bytes())
-        .await;
+        .send(&common::Request::get("/").cookie(HERE).keep_alive())
+        .await
+        .expect("a response on the same connection");
     assert_eq!(next.status, 200);
-    assert_eq!(runs.get(), 1);
-}
-
-#[tokio::test]
-async fn websocket_pinned_here_upgrades_and_echoes() {
-    let (server, runs) = start(here()).await;
-    let mut request = format!("ws://{}/ws", server.addr)
-        .into_client_request()
-        .expect("request");
-    request
-        .headers_mut()
-        .insert("cookie", pinned(HERE).parse().expect("header value"));
-    let stream = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    let (mut socket, resp) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .expect("handshake");
-    assert_eq!(resp.status(), 101);
-    assert!(resp.headers().get("fly-replay").is_none());
-    assert!(resp.headers().get("set-cookie").is_none());
-    socket
-        .send(tungstenite::Message::text("hi"))
-        .await
-        .expect("send");
-    let reply = socket.next().await.expect("a reply").expect("a message");
-    assert_eq!(reply.into_text().expect("text").as_str(), "echo:hi");
-    assert_eq!(runs.get(), 1);
-}
-
-#[tokio::test]
-async fn a_large_upload_pinned_elsewhere_is_served_here() {
-    let (server, runs) = start(here()).await;
-    let cookie = pinned(THERE);
-    let body = vec![b'x'; 2_000_000];
-    let mut conn = Conn::open(server.addr).await;
-    conn.write(
-        head(
-            "POST",
-            "/upload",
-            &[("cookie", &cookie), ("content-length", "2000000")],
-        )
-        .as_bytes(),
-    )
-    .await;
-    conn.write(&body).await;
-    let resp = conn.response(false).await;
-    assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.text(), "bytes=2000000");
-    assert!(resp.all("fly-replay").is_empty());
-    // Served here without re-pinning: the user stays pinned to THERE.
-    assert!(resp.all("set-cookie").is_empty());
-    assert_eq!(runs.get(), 1);
-}
-
-#[tokio::test]
-async fn a_chunked_upload_pinned_elsewhere_is_served_here() {
-    let (server, runs) = start(here()).await;
-    let cookie = pinned(THERE);
-    let mut raw = head(
-        "POST",
-        "/upload",
-        &[("cookie", &cookie), ("transfer-encoding", "chunked")],
-    );
-    raw.push_str("5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
-    let resp = Conn::open(server.addr).await.request(raw.as_bytes()).await;
-    assert_eq!(resp.status, 200, "{resp:?}");
-    assert_eq!(resp.text(), "bytes=11");
-    assert!(resp.all("fly-replay").is_empty());
-    assert!(resp.all("set-cookie").is_empty());
-    assert_eq!(runs.get(), 1);
-}
-
-#[tokio::test]
-async fn draining_replays_pinned_here_requests_elsewhere() {
-    let sticky = here();
-    let (server, runs) = start(sticky.clone()).await;
-    sticky.drain();
-    let resp = http_get(server.addr, "/", &[("cookie", &pinned(HERE))]).await;
-    assert_replayed_to(&resp, "elsewhere=true");
-    let resp = http_get(server.addr, "/", &[]).await;
-    assert_replayed_to(&resp, "elsewhere=true");
-    assert_eq!(runs.get(), 0);
-    sticky.undrain();
-    let resp = http_get(server.addr, "/", &[("cookie", &pinned(HERE))]).await;
-    assert_eq!(resp.status, 200);
     assert_eq!(runs.get(), 1);
 }
 
@@ -402,21 +243,6 @@ async fn skip_if_bypasses_the_middleware() {
     let resp = http_get(server.addr, "/", &[("cookie", &cookie)]).await;
     assert_replayed_to(&resp, &format!("prefer_instance={THERE}"));
     assert_eq!(runs.get(), 1);
-}
-
-#[tokio::test]
-async fn not_on_fly_nothing_is_added() {
-    let sticky = sticky_core::Sticky::builder()
-        .build(Env::default())
-        .expect("valid config");
-    let (server, runs) = start(sticky).await;
-    for cookie in [None, Some(pinned(THERE)), Some(pinned(HERE))] {
-        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
-        let resp = http_get(server.addr, "/", &headers).await;
-        assert_eq!(resp.status, 200, "{resp:?}");
-        assert_untouched(&resp);
-    }
-    assert_eq!(runs.get(), 3);
 }
 
 #[tokio::test]
@@ -554,7 +380,7 @@ async fn a_nested_route_is_replayed_like_a_top_level_one() {
         // The pin is for the whole site (Path=/), not for the nest.
         let resp = http_get(server.addr, "/api/items", &[]).await;
         assert_eq!(resp.status, 200, "nested={nested}");
-        assert_pin_cookie(resp.header("set-cookie").expect("set-cookie"), false);
+        assert_pin_cookie(resp.one("set-cookie").expect("set-cookie"), false);
         assert_eq!(runs.get(), 2, "nested={nested}");
     }
 }

@@ -1,5 +1,6 @@
 //! The shared conformance suite, run against the example app (`example-poem`)
-//! in this process.
+//! in this process (the scenarios that every adapter passes; `sticky-poem`'s
+//! own tests cover only what is particular to poem).
 
 use std::future::Future;
 use std::io;
