@@ -1,4 +1,6 @@
-//! The shared conformance suite, run against the Rocket example app.
+//! The shared conformance suite, run against the Rocket example app (the
+//! scenarios that every adapter passes; `sticky-rocket`'s own tests cover
+//! only what is particular to Rocket).
 
 use std::future::Future;
 use std::pin::Pin;
