@@ -5,11 +5,13 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::config::{Builder, ConfigError, MAX_REPLAY_BODY, Refresh, SameSite, Secure};
+use crate::config::{
+    Builder, ConfigError, MAX_REPLAY_BODY, Refresh, ReplayCache, SameSite, Secure,
+};
 use crate::engine::{Inner, Sticky};
 use crate::env::Env;
 use crate::filter::glob_set;
-use crate::keys::{CompiledKey, KeySource};
+use crate::keys::{self, CompiledKey, KeySource};
 use crate::render::CookieAttrs;
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
@@ -111,6 +113,12 @@ impl Builder {
                     CompiledKey::Cookie(Box::new(CookieScanner::new(c)))
                 }
                 KeySource::ClientIp => CompiledKey::ClientIp,
+                KeySource::PathSegment(prefix) if keys::is_path_prefix(prefix) => {
+                    CompiledKey::PathSegment(prefix.clone())
+                }
+                KeySource::PathSegment(prefix) => {
+                    return Err(ConfigError::InvalidPathPrefix(prefix.clone()));
+                }
                 KeySource::Custom(f) => CompiledKey::Custom(f.clone()),
                 KeySource::Header(name) | KeySource::Query(name) | KeySource::Cookie(name) => {
                     return Err(ConfigError::InvalidKeySource(name.clone()));
@@ -131,6 +139,12 @@ impl Builder {
             return Err(ConfigError::InvalidReplayState(state.clone()));
         }
         let (replay_prefix, replay_suffix) = self.replay.render(self.replay_state.as_deref())?;
+        self.replay_cache
+            .check(&self.replay, self.replay_state.as_deref())?;
+        let cache_ttl = match self.replay_cache {
+            ReplayCache::Path { ttl } => Some(Arc::from(ttl.as_secs().to_string())),
+            ReplayCache::Off | ReplayCache::Session => None,
+        };
         if self.body_limit > MAX_REPLAY_BODY {
             return Err(ConfigError::BodyLimitTooLarge(self.body_limit));
         }
@@ -220,6 +234,8 @@ impl Builder {
                 replay_suffix,
                 drain_replay: Arc::from(drain_replay),
                 replay_status: self.replay_status,
+                replay_cache: self.replay_cache,
+                cache_ttl,
                 unavailable: self.unavailable,
                 large_body: self.large_body,
                 body_limit: self.body_limit,

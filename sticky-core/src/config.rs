@@ -115,6 +115,27 @@ pub enum ConfigError {
     /// A lifetime of zero.
     #[error("{0} must be at least 1 second")]
     InvalidLifetime(&'static str),
+    /// A cache-meant replay cannot carry this setting: Fly's proxy does not
+    /// cache a replay with `state`, `timeout` or `fallback`.
+    #[error(
+        "replay_cache({mode}) cannot be combined with {setting}: Fly does not cache a replay that carries {field}"
+    )]
+    CacheConflict {
+        /// The cache mode, as written in code.
+        mode: &'static str,
+        /// The conflicting setting.
+        setting: &'static str,
+        /// The `fly-replay` field it would add.
+        field: &'static str,
+    },
+    /// A path cache TTL under Fly's minimum of 10 seconds.
+    #[error("replay_cache(ReplayCache::Path): ttl {0:?} is under Fly's minimum of 10 s")]
+    CacheTtlTooShort(Duration),
+    /// `KeySource::PathSegment` with a prefix that is not a plain path.
+    #[error(
+        "key_source PathSegment({0:?}): the prefix must start and end with '/' and hold only letters, digits and -._~/"
+    )]
+    InvalidPathPrefix(String),
     /// The Machine ID in the environment fails the target format.
     #[error(
         "FLY_MACHINE_ID {0:?} does not match target_format; check the environment or the format"
@@ -272,6 +293,83 @@ impl Replay {
     }
 }
 
+/// Whether replays are meant for Fly's replay cache (FLY-PROTOCOL.md
+/// section 7), which then routes a user straight home without the extra
+/// hop. Say what `fly.toml` or the replays configure; the engine checks that
+/// its replays stay cacheable and reads the cache's markers either way.
+///
+/// ```
+/// use std::time::Duration;
+/// use sticky_core::{Env, ReplayCache, Sticky};
+///
+/// // fly.toml: [[http_service.http_options.replay_cache]]
+/// //   path_prefix = "/", ttl_seconds = 300, type = "cookie", name = "fly-machine-id"
+/// let sticky = Sticky::builder().replay_cache(ReplayCache::Session).build(Env::machine("148ed599c14189"))?;
+/// # let _ = sticky;
+/// // A state field is never cached: refused at start-up.
+/// let err = Sticky::builder()
+///     .replay_cache(ReplayCache::Session)
+///     .replay_state("v1")
+///     .build(Env::default())
+///     .unwrap_err();
+/// assert!(err.to_string().contains("replay_state"));
+/// # Ok::<(), sticky_core::ConfigError>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReplayCache {
+    /// No cache rule (the default). Replays may carry `state`, `timeout`
+    /// and `fallback`.
+    #[default]
+    Off,
+    /// A session rule in `fly.toml` keys the cache by the pin cookie or by a
+    /// key header: replays carry nothing more, and must stay cacheable.
+    Session,
+    /// Replays of requests keyed by a [`KeySource::PathSegment`] carry
+    /// `fly-replay-cache: /<prefix><segment>/*` and this TTL, so that every
+    /// user of a room or document goes straight to its Machine.
+    Path {
+        /// How long Fly keeps the entry (at least 10 s).
+        ttl: Duration,
+    },
+}
+
+impl ReplayCache {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            ReplayCache::Off => "ReplayCache::Off",
+            ReplayCache::Session => "ReplayCache::Session",
+            ReplayCache::Path { .. } => "ReplayCache::Path",
+        }
+    }
+
+    /// Checks the settings a cache-meant replay cannot carry.
+    pub(crate) fn check(self, replay: &Replay, state: Option<&str>) -> Result<(), ConfigError> {
+        if self == ReplayCache::Off {
+            return Ok(());
+        }
+        let conflict = |setting, field| ConfigError::CacheConflict {
+            mode: self.name(),
+            setting,
+            field,
+        };
+        if state.is_some() {
+            return Err(conflict("replay_state", "state"));
+        }
+        if replay.timeout.is_some() {
+            return Err(conflict("replay(Replay::timeout(..))", "timeout"));
+        }
+        if replay.fallback.is_some() {
+            return Err(conflict("replay(Replay::fallback(..))", "fallback"));
+        }
+        if let ReplayCache::Path { ttl } = self
+            && ttl < Duration::from_secs(10)
+        {
+            return Err(ConfigError::CacheTtlTooShort(ttl));
+        }
+        Ok(())
+    }
+}
+
 /// Row 5: the request is pinned elsewhere but was already replayed (or the
 /// replay failed).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -344,6 +442,7 @@ pub struct Builder {
     pub(crate) replay: Replay,
     pub(crate) replay_status: u16,
     pub(crate) replay_state: Option<String>,
+    pub(crate) replay_cache: ReplayCache,
     pub(crate) unavailable: Unavailable,
     pub(crate) large_body: LargeBody,
     pub(crate) body_limit: u64,
@@ -379,6 +478,7 @@ impl Default for Builder {
             replay: Replay::prefer_instance(),
             replay_status: 307,
             replay_state: None,
+            replay_cache: ReplayCache::Off,
             unavailable: Unavailable::Repin,
             large_body: LargeBody::ServeHere,
             body_limit: MAX_REPLAY_BODY,
@@ -546,6 +646,13 @@ impl Builder {
     /// An opaque `state=` for replays, echoed by Fly in `fly-replay-src`.
     pub fn replay_state(mut self, state: impl Into<String>) -> Self {
         self.replay_state = Some(state.into());
+        self
+    }
+
+    /// Whether replays are meant for Fly's replay cache (default
+    /// [`ReplayCache::Off`]); see [`ReplayCache`].
+    pub fn replay_cache(mut self, cache: ReplayCache) -> Self {
+        self.replay_cache = cache;
         self
     }
 

@@ -496,6 +496,19 @@ pub struct ShortCircuit {
     pub(crate) status: u16,
     pub(crate) fly_replay: Option<Text>,
     pub(crate) body_to_read: u64,
+    pub(crate) cache: CacheHeader,
+}
+
+/// What a replay tells Fly's replay cache.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum CacheHeader {
+    /// Nothing (session rules need no header).
+    None,
+    /// `fly-replay-cache: invalidate`: the entry that routed this request
+    /// here is stale.
+    Invalidate,
+    /// `fly-replay-cache: <pattern>` and `fly-replay-cache-ttl-secs`.
+    Path { pattern: Box<str>, ttl: Arc<str> },
 }
 
 impl ShortCircuit {
@@ -528,10 +541,27 @@ impl ShortCircuit {
         self.body_to_read
     }
 
+    /// The `fly-replay-cache` header value, when the replay is meant for
+    /// Fly's path cache (a pattern such as `/rooms/abc/*`) or tells it an
+    /// entry is stale (`invalidate`).
+    pub fn fly_replay_cache(&self) -> Option<&str> {
+        match &self.cache {
+            CacheHeader::None => None,
+            CacheHeader::Invalidate => Some("invalidate"),
+            CacheHeader::Path { pattern, .. } => Some(pattern),
+        }
+    }
+
     /// The headers to send (names in lowercase).
     pub fn headers(&self) -> impl Iterator<Item = (&'static str, &[u8])> + '_ {
-        self.fly_replay()
-            .map(|v| ("fly-replay", v.as_bytes()))
-            .into_iter()
+        let replay = self.fly_replay().map(|v| ("fly-replay", v.as_bytes()));
+        let cache = self
+            .fly_replay_cache()
+            .map(|v| ("fly-replay-cache", v.as_bytes()));
+        let ttl = match &self.cache {
+            CacheHeader::Path { ttl, .. } => Some(("fly-replay-cache-ttl-secs", ttl.as_bytes())),
+            _ => None,
+        };
+        replay.into_iter().chain(cache).chain(ttl)
     }
 }

@@ -6,15 +6,15 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use crate::config::{Builder, LargeBody, Refresh, SkipFn, Unavailable};
-use crate::decision::{Decision, Marker, Outcome, Reason, ShortCircuit, Text};
+use crate::config::{Builder, LargeBody, Refresh, ReplayCache, SkipFn, Unavailable};
+use crate::decision::{Decision, Marker, Outcome, Reason};
 use crate::filter::PathSet;
 use crate::find::{Found, Target};
 use crate::keys::{CompiledKey, PeerSet};
 use crate::render::{CookieAttrs, refusal};
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
-use crate::target::{CookieScanner, Source, TargetFormat};
+use crate::target::{self, CookieScanner, Source, TargetFormat};
 use crate::view::RequestView;
 
 /// The sticky-session engine: configuration plus this Machine's identity.
@@ -68,6 +68,9 @@ pub(crate) struct Inner {
     pub(crate) replay_suffix: String,
     pub(crate) drain_replay: Arc<str>,
     pub(crate) replay_status: u16,
+    pub(crate) replay_cache: ReplayCache,
+    /// `fly-replay-cache-ttl-secs` for path-cached replays.
+    pub(crate) cache_ttl: Option<Arc<str>>,
     pub(crate) unavailable: Unavailable,
     pub(crate) large_body: LargeBody,
     pub(crate) body_limit: u64,
@@ -230,7 +233,8 @@ impl Sticky {
         };
 
         // Row 5: never replay a request twice.
-        if let Some(marker) = replay_marker(req) {
+        let routed = Routed::of(req);
+        if let Some(marker) = routed.marker(away) {
             return match away {
                 Away::Pinned {
                     target,
@@ -272,18 +276,15 @@ impl Sticky {
         match away {
             // Row 7.
             Away::Pinned { target, .. } => Outcome::Replay(
-                self.replay_to(target.id.bytes(), body),
+                self.replay_to(
+                    target.id.bytes(),
+                    body,
+                    self.cache_header(&target, routed.cache_hit),
+                ),
                 Reason::PinnedElsewhere(target.source),
             ),
             // Row 8.
-            Away::Draining => Outcome::Replay(
-                ShortCircuit {
-                    status: inner.replay_status,
-                    fly_replay: Some(Text::Shared(inner.drain_replay.clone())),
-                    body_to_read: body,
-                },
-                Reason::Draining,
-            ),
+            Away::Draining => Outcome::Replay(self.drain_replay(body), Reason::Draining),
         }
     }
 
@@ -351,8 +352,59 @@ pub const READ_HEADERS: [&str; 10] = [
     "fly-client-ip",
 ];
 
-fn replay_marker<V: RequestView>(req: &V) -> Option<Marker> {
-    Marker::ALL.into_iter().find(|m| req.has_header(m.header()))
+/// How the proxy brought a request here, from the markers it carries.
+/// None of them is authenticated (a client can send any), so each may only
+/// ever make this Machine serve, re-pin or replay the same client once more.
+struct Routed {
+    /// `fly-replay-src` or `fly-replay-failed`: an app already replayed it.
+    replayed: Option<Marker>,
+    /// `fly-preferred-instance-unavailable`: a preferred Machine was gone.
+    unavailable: bool,
+    /// `fly-replay-cache-status: hit`: the replay cache routed it here; it
+    /// reached no other Machine (a hit carries no `fly-replay-src`).
+    cache_hit: bool,
+    /// Any other `fly-replay-cache-status` (`miss`, or one we do not know)
+    /// counts as replayed; `bypass` means it was balanced as usual.
+    cache_replayed: bool,
+}
+
+impl Routed {
+    fn of<V: RequestView>(req: &V) -> Self {
+        let replayed = [Marker::ReplaySrc, Marker::ReplayFailed]
+            .into_iter()
+            .find(|m| req.has_header(m.header()));
+        let status = req
+            .header(Marker::ReplayCache.header())
+            .map(target::header_value);
+        Routed {
+            replayed,
+            unavailable: req.has_header(Marker::PreferredUnavailable.header()),
+            cache_hit: status.is_some_and(|v| v.eq_ignore_ascii_case(b"hit")),
+            cache_replayed: status.is_some_and(|v| {
+                !v.eq_ignore_ascii_case(b"hit") && !v.eq_ignore_ascii_case(b"bypass")
+            }),
+        }
+    }
+
+    /// The marker that stops a replay (row 5), if any. A cache hit is not
+    /// one: a draining Machine moves the client, and a key that moved since
+    /// the entry was made is replayed to its owner (with `invalidate`). A
+    /// hit whose Machine was gone (`unavailable`) still moves a key, which
+    /// names its owner anew; a pin names the gone Machine, so it re-pins.
+    fn marker(&self, away: Away<'_>) -> Option<Marker> {
+        if let Some(m) = self.replayed {
+            return Some(m);
+        }
+        if self.cache_replayed {
+            return Some(Marker::ReplayCache);
+        }
+        let moves_anyway = self.cache_hit
+            && match away {
+                Away::Pinned { target, .. } => target.source == Source::Key,
+                Away::Draining => true,
+            };
+        (self.unavailable && !moves_anyway).then_some(Marker::PreferredUnavailable)
+    }
 }
 
 fn unix_now() -> u64 {

@@ -43,6 +43,10 @@ pub(crate) struct Target<'a> {
     pub(crate) source: Source,
     /// `(issued, seen)` of a signed cookie.
     pub(crate) stamps: Option<(u64, u64)>,
+    /// The path up to and including the key's segment, when the key came
+    /// from a [`KeySource::PathSegment`](crate::KeySource::PathSegment):
+    /// what a path-cached replay names. Validated (see `keys::path_key`).
+    pub(crate) room: Option<&'a str>,
 }
 
 impl Sticky {
@@ -125,6 +129,7 @@ impl Sticky {
                     id: Id::Request(v.id),
                     source,
                     stamps: Some((v.issued, v.seen)),
+                    room: None,
                 })
             } else {
                 Err(Rejected::Format)
@@ -136,6 +141,7 @@ impl Sticky {
                 id: Id::Request(raw),
                 source,
                 stamps: None,
+                room: None,
             })
         } else {
             Err(Rejected::Format)

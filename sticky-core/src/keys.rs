@@ -29,6 +29,12 @@ pub enum KeySource {
     /// `Fly-Client-IP`, set by Fly's edge (never the client-controlled
     /// leftmost `X-Forwarded-For`).
     ClientIp,
+    /// The path segment after this prefix, e.g. `"/rooms/"` gives `abc` for
+    /// `/rooms/abc/chat`: rooms and documents. Only a segment of 1 to 64
+    /// letters, digits, `-` and `_` is a key (anything else gives none),
+    /// because with [`ReplayCache::Path`](crate::ReplayCache::Path) it
+    /// reaches the `fly-replay-cache` header.
+    PathSegment(String),
     /// A closure over the request.
     Custom(KeyFn),
 }
@@ -54,6 +60,7 @@ impl fmt::Debug for KeySource {
             KeySource::Query(q) => f.debug_tuple("Query").field(q).finish(),
             KeySource::Cookie(c) => f.debug_tuple("Cookie").field(c).finish(),
             KeySource::ClientIp => f.write_str("ClientIp"),
+            KeySource::PathSegment(p) => f.debug_tuple("PathSegment").field(p).finish(),
             KeySource::Custom(_) => f.write_str("Custom(..)"),
         }
     }
@@ -253,10 +260,44 @@ pub(crate) fn key_of<'a, V: RequestView>(
             let v = req.header("fly-client-ip").map(crate::target::header_value);
             v.is_some_and(|v| !v.is_empty() && each(v))
         }
+        CompiledKey::PathSegment(prefix) => {
+            path_key(req.path(), prefix).is_some_and(|(_, key)| each(key.as_bytes()))
+        }
         CompiledKey::Custom(f) => {
             f(req as &dyn RequestView).is_some_and(|k| !k.is_empty() && each(k.as_bytes()))
         }
     }
+}
+
+/// The longest key a path segment may be.
+pub(crate) const MAX_PATH_KEY: usize = 64;
+
+/// `(room, key)` for a path under `prefix`: the key is the next segment,
+/// `room` the path up to and including it (`/rooms/abc`). Only 1 to
+/// [`MAX_PATH_KEY`] letters, digits, `-` and `_` count: the room reaches
+/// the `fly-replay-cache` header, so nothing that could end a field, start
+/// a glob or climb a directory (`..`, `%2e`) ever does.
+pub(crate) fn path_key<'a>(path: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
+    let rest = path.strip_prefix(prefix)?;
+    let key = rest.split('/').next()?;
+    let valid = (1..=MAX_PATH_KEY).contains(&key.len())
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    valid.then(|| (&path[..prefix.len() + key.len()], key))
+}
+
+/// A `KeySource::PathSegment` prefix we can put into a header: a plain
+/// path starting and ending with `/`.
+pub(crate) fn is_path_prefix(prefix: &str) -> bool {
+    prefix.len() <= 256
+        && prefix.starts_with('/')
+        && prefix.ends_with('/')
+        && !prefix.contains("//")
+        && !prefix.split('/').any(|s| s == "." || s == "..")
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
 }
 
 /// A key source, prepared at build time.
@@ -265,6 +306,7 @@ pub(crate) enum CompiledKey {
     Query(String),
     Cookie(Box<crate::target::CookieScanner>),
     ClientIp,
+    PathSegment(String),
     Custom(KeyFn),
 }
 
@@ -272,7 +314,7 @@ pub(crate) enum CompiledKey {
 impl Sticky {
     /// The Machine a request's key maps to, from the first key source that
     /// yields a key, when the live set is not empty.
-    pub(crate) fn key_target<V: RequestView>(&self, req: &V) -> Option<Target<'static>> {
+    pub(crate) fn key_target<'a, V: RequestView>(&self, req: &'a V) -> Option<Target<'a>> {
         let inner = &*self.inner;
         if inner.keys.is_empty() {
             return None;
@@ -289,17 +331,24 @@ impl Sticky {
                 id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
                 id.is_some()
             }) {
-                break;
+                let room = match source {
+                    CompiledKey::PathSegment(prefix) => {
+                        path_key(req.path(), prefix).map(|(room, _)| room)
+                    }
+                    _ => None,
+                };
+                return id.map(|id| Target {
+                    id,
+                    source: Source::Key,
+                    stamps: None,
+                    room,
+                });
             }
             if peers.as_ref().is_some_and(|set| set.is_empty()) {
                 return None;
             }
         }
-        id.map(|id| Target {
-            id,
-            source: Source::Key,
-            stamps: None,
-        })
+        None
     }
 
     /// Replaces the live Machines used by key affinity. IDs that fail the

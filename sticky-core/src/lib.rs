@@ -46,7 +46,7 @@
 //! | 2 | path not included or excluded, method skipped, skip predicate, CORS preflight | `Stick` |
 //! | 3 | no valid target | `SetCookie(S)` |
 //! | 4 | T == S | `Stick` (`SetCookie` when a refresh is due) |
-//! | 5 | T != S, request already replayed (`fly-replay-src`, `fly-replay-failed`, `fly-preferred-instance-unavailable`, `fly-replay-cache-status`) | [`Unavailable`] policy: re-pin here, or 503 |
+//! | 5 | T != S, request already replayed (`fly-replay-src`, `fly-replay-failed`, `fly-preferred-instance-unavailable`, `fly-replay-cache-status` other than `hit` and `bypass`) | [`Unavailable`] policy: re-pin here, or 503 |
 //! | 6 | T != S, body cannot be replayed (over 1 MB, or unknown length) | [`LargeBody`] policy: serve here, or 413 |
 //! | 7 | T != S | `Replay` with `fly-replay: prefer_instance=T` (307) |
 //! | 8 | draining | new and pinned-here requests `Replay` with `elsewhere=true` |
@@ -91,6 +91,21 @@
 //! this (grace from `DRAIN_SECONDS`; SIGINT stops at once), and its tests
 //! check it on the running binary.
 //!
+//! # Fly's replay cache
+//!
+//! With a `replay_cache` rule in `fly.toml` keyed by the pin cookie (or a
+//! key header), Fly's proxy remembers a replay and routes the user's next
+//! requests straight home: no extra hop. [`ReplayCache`] tells the engine,
+//! which then refuses settings that would make its replays uncacheable
+//! (`state`, `timeout`, `fallback`). A request the cache routed
+//! (`fly-replay-cache-status: hit`) reached no other Machine, so it is not
+//! "already replayed": a draining Machine still moves it (row 8), and a key
+//! whose owner changed since the entry was made is replayed once more to
+//! its owner with `fly-replay-cache: invalidate`. With
+//! [`ReplayCache::Path`], a room or document key from
+//! [`KeySource::PathSegment`] makes the replay name its path pattern, so
+//! every user of that room goes straight to its Machine.
+//!
 //! # Safety of the `fly-replay` header
 //!
 //! Only a target that passed the [`TargetFormat`] reaches a header, and no
@@ -128,7 +143,7 @@ mod view;
 
 pub use config::{
     Builder, ConfigError, DEFAULT_COOKIE_NAME, DEFAULT_QUERY_PARAM, Fallback, LargeBody,
-    MAX_REPLAY_BODY, Refresh, Replay, SameSite, Secure, Unavailable,
+    MAX_REPLAY_BODY, Refresh, Replay, ReplayCache, SameSite, Secure, Unavailable,
 };
 pub use decision::{
     Action, Answer, BodyProblem, Decision, Finish, Marker, Outcome, Reason, Rejected, SetCookie,

@@ -1,10 +1,11 @@
 //! The headers the engine writes: the pin cookie (rendered once at start-up
 //! where it can be) and the `fly-replay` value.
 
-use crate::config::{SameSite, Secure};
-use crate::decision::{SetCookie, ShortCircuit, Text};
+use crate::config::{ReplayCache, SameSite, Secure};
+use crate::decision::{CacheHeader, SetCookie, ShortCircuit, Text};
 use crate::engine::Sticky;
-use crate::target;
+use crate::find::Target;
+use crate::target::{self, Source};
 use crate::view::RequestView;
 
 pub(crate) struct CookieAttrs {
@@ -40,6 +41,7 @@ impl CookieAttrs {
 }
 
 impl Sticky {
+    /// A cookie naming this Machine. `issued` keeps a signed cookie's first
     /// issue time across refreshes.
     pub(crate) fn pin_here<V: RequestView>(
         &self,
@@ -69,7 +71,12 @@ impl Sticky {
     }
 
     /// Row 7: the replay response for a validated target.
-    pub(crate) fn replay_to(&self, id: &[u8], body_to_read: u64) -> ShortCircuit {
+    pub(crate) fn replay_to(
+        &self,
+        id: &[u8],
+        body_to_read: u64,
+        cache: CacheHeader,
+    ) -> ShortCircuit {
         let inner = &*self.inner;
         // `id` passed the target format, so it is ASCII without separators.
         let id = std::str::from_utf8(id).unwrap_or_default();
@@ -82,6 +89,40 @@ impl Sticky {
             status: inner.replay_status,
             fly_replay: Some(Text::Owned(value.into_boxed_str())),
             body_to_read,
+            cache,
+        }
+    }
+
+    /// The drain replay (row 8): `elsewhere=true`, rendered once.
+    pub(crate) fn drain_replay(&self, body_to_read: u64) -> ShortCircuit {
+        ShortCircuit {
+            status: self.inner.replay_status,
+            fly_replay: Some(Text::Shared(self.inner.drain_replay.clone())),
+            body_to_read,
+            cache: CacheHeader::None,
+        }
+    }
+
+    /// What a row-7 replay tells Fly's cache: that the entry which routed
+    /// this request here is stale (a key that moved), or the room pattern
+    /// a path-cached replay names.
+    pub(crate) fn cache_header(&self, target: &Target<'_>, routed_by_cache: bool) -> CacheHeader {
+        let inner = &*self.inner;
+        if routed_by_cache && target.source == Source::Key && inner.replay_cache != ReplayCache::Off
+        {
+            return CacheHeader::Invalidate;
+        }
+        match (&inner.cache_ttl, target.room) {
+            (Some(ttl), Some(room)) => {
+                let mut pattern = String::with_capacity(room.len() + 2);
+                pattern.push_str(room);
+                pattern.push_str("/*");
+                CacheHeader::Path {
+                    pattern: pattern.into_boxed_str(),
+                    ttl: ttl.clone(),
+                }
+            }
+            _ => CacheHeader::None,
         }
     }
 }
@@ -91,6 +132,7 @@ pub(crate) fn refusal(status: u16) -> ShortCircuit {
         status,
         fly_replay: None,
         body_to_read: 0,
+        cache: CacheHeader::None,
     }
 }
 

@@ -600,3 +600,89 @@ fn live_set_entries_that_are_not_machine_ids_are_dropped() {
         assert_eq!(s.resolve(key.as_bytes()).as_deref(), Some(T));
     }
 }
+
+// ----- 6. Fly's replay cache -----
+
+/// A forged `fly-replay-cache-status: hit` is no replay marker, so it can
+/// cost at most the ordinary replay of this same client (whose next hop
+/// carries `fly-replay-src` and is served). Only a key source in a cache
+/// mode adds `invalidate`, and only for the entry of the key the client
+/// itself sent.
+#[test]
+fn a_forged_cache_hit_replays_the_same_client_at_most_once() {
+    use sticky_core::ReplayCache;
+    let keyed = Sticky::builder()
+        .replay_cache(ReplayCache::Session)
+        .sources([Source::Key, Source::Cookie])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .peers([T].map(Peer::new))
+        .build(Env::machine(S))
+        .unwrap();
+    for value in hostile() {
+        let forged = Req::get("/")
+            .cookie(&value)
+            .header("x-tenant-id", &value)
+            .header("fly-replay-cache-status", "hit");
+        let d = keyed.decide(&forged);
+        if let Some(sc) = d.short_circuit() {
+            assert_eq!(sc.fly_replay(), Some("prefer_instance=90801679a10038"));
+            assert!(matches!(sc.fly_replay_cache(), None | Some("invalidate")));
+        }
+        let next = forged.header("fly-replay-src", format!("instance={S}"));
+        assert!(keyed.decide(&next).runs_handler(), "{value:?}");
+    }
+}
+
+/// A room segment reaches `fly-replay-cache` only when it is 1 to 64
+/// letters, digits, `-` or `_`: nothing can end the header's value, start a
+/// glob, climb a directory or widen the pattern to other rooms.
+#[test]
+fn room_segments_reach_the_cache_header_only_when_strict() {
+    use sticky_core::ReplayCache;
+    let s = Sticky::builder()
+        .replay_cache(ReplayCache::Path {
+            ttl: std::time::Duration::from_secs(60),
+        })
+        .sources([Source::Key, Source::Cookie])
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .peers([T].map(Peer::new))
+        .build(Env::machine(S))
+        .unwrap();
+    let long = "a".repeat(65);
+    let bad = [
+        "a;b",
+        "a,b",
+        "a=b",
+        "a%2Fb",
+        "..",
+        "%2e%2e",
+        ".",
+        "a*",
+        "*",
+        "a b",
+        "a\"b",
+        "a\\b",
+        "",
+        "caf\u{e9}",
+        "a\r\nx-evil: 1",
+        &long,
+    ];
+    for segment in bad {
+        for path in [format!("/rooms/{segment}"), format!("/rooms/{segment}/x")] {
+            let d = s.decide(&Req::get(&path));
+            assert!(
+                d.short_circuit()
+                    .is_none_or(|sc| sc.fly_replay_cache().is_none()),
+                "{path:?} -> {d:?}"
+            );
+            assert_ne!(d.reason(), Reason::PinnedElsewhere(Source::Key), "{path:?}");
+        }
+    }
+    let max = "Z9-_".repeat(16);
+    let d = s.decide(&Req::get(&format!("/rooms/{max}/x")));
+    let want = format!("/rooms/{max}/*");
+    assert_eq!(
+        d.short_circuit().unwrap().fly_replay_cache(),
+        Some(want.as_str())
+    );
+}

@@ -372,10 +372,14 @@ fn append<'a>(map: &mut HeaderMap, headers: impl Iterator<Item = (&'static str, 
 /// The names the core yields, without allocating; any other is parsed.
 fn header_name(name: &'static str) -> Option<HeaderName> {
     const FLY_REPLAY: HeaderName = HeaderName::from_static("fly-replay");
+    const FLY_REPLAY_CACHE: HeaderName = HeaderName::from_static("fly-replay-cache");
+    const FLY_REPLAY_CACHE_TTL: HeaderName = HeaderName::from_static("fly-replay-cache-ttl-secs");
     match name {
         "set-cookie" => Some(SET_COOKIE),
         "cache-control" => Some(CACHE_CONTROL),
         "fly-replay" => Some(FLY_REPLAY),
+        "fly-replay-cache" => Some(FLY_REPLAY_CACHE),
+        "fly-replay-cache-ttl-secs" => Some(FLY_REPLAY_CACHE_TTL),
         "connection" => None,
         other => HeaderName::from_lowercase(other.as_bytes()).ok(),
     }
