@@ -10,7 +10,9 @@
 //! | `POST /machines/<id>/destroy` | destroy it |
 //! | `POST /machines/<id>/signal?signal=SIGTERM` | send it a signal (default `SIGTERM`); it stays in the rotation |
 //! | `GET /events` | JSON list of recorded events |
-//! | `GET /report` | the per-Machine table as text |
+//! | `GET /report` | the per-Machine table as text (and the replay cache's counters when caching is in play) |
+//! | `GET /replay-cache` | the replay cache: `rules`, `stats` (`entries`, `created`, `hits`, `misses`, `bypasses`, `invalidations`, `not_cached`) and the live `entries` |
+//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules |
 
 use std::convert::Infallible;
 use std::io;
@@ -136,12 +138,35 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
         (&Method::GET, ["events"]) => {
             json_response(StatusCode::OK, &json!(shared.events.snapshot()))
         }
-        (&Method::GET, ["report"]) => respond(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            shared.fleet.report(),
-        ),
-        (_, ["machines", ..] | ["events"] | ["report"]) => error(
+        (&Method::GET, ["report"]) => {
+            respond(StatusCode::OK, "text/plain; charset=utf-8", shared.report())
+        }
+        (&Method::GET, ["replay-cache"]) => {
+            let now = shared.cache_now();
+            let mut store = shared.cache();
+            let rules: Vec<String> = store.rules().iter().map(ToString::to_string).collect();
+            let entries = store.list(now);
+            let stats = store.stats(now);
+            json_response(
+                StatusCode::OK,
+                &json!({ "rules": rules, "stats": stats, "entries": entries }),
+            )
+        }
+        (&Method::GET, ["config"]) => {
+            let c = &shared.config;
+            json_response(
+                StatusCode::OK,
+                &json!({
+                    "app": c.app_name,
+                    "region": c.region,
+                    "internal_port": c.internal_port,
+                    "kill_signal": c.kill_signal.map(|s| s.as_str()),
+                    "kill_timeout_ms": c.kill_timeout.as_millis() as u64,
+                    "replay_cache": c.replay_cache.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                }),
+            )
+        }
+        (_, ["machines", ..] | ["events"] | ["report"] | ["replay-cache"] | ["config"]) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),

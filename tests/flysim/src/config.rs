@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::balance::Balance;
+use crate::cache::{ManualClock, ReplayCacheRule};
+use crate::flytoml::FlyToml;
 use crate::machine::{ChildOutput, Signal};
 use crate::{REPLAY_BODY_LIMIT, regions, replay};
 
@@ -31,6 +33,9 @@ pub struct Config {
     pub(crate) child_output: ChildOutput,
     pub(crate) kill_signal: Option<Signal>,
     pub(crate) kill_timeout: Duration,
+    pub(crate) replay_cache: Vec<ReplayCacheRule>,
+    pub(crate) cache_clock: Option<ManualClock>,
+    pub(crate) internal_port: Option<u16>,
 }
 
 impl Default for Config {
@@ -54,6 +59,9 @@ impl Default for Config {
             child_output: ChildOutput::Prefixed,
             kill_signal: None,
             kill_timeout: Duration::from_secs(5),
+            replay_cache: Vec::new(),
+            cache_clock: None,
+            internal_port: None,
         }
     }
 }
@@ -176,6 +184,47 @@ impl Config {
     /// [`Config::kill_signal`] (Fly's `kill_timeout`). Default 5 s.
     pub fn kill_timeout(mut self, d: Duration) -> Self {
         self.kill_timeout = d;
+        self
+    }
+
+    /// Adds a session-based replay cache rule (fly.toml's
+    /// `[[http_service.http_options.replay_cache]]`); call it once per rule.
+    /// When several rules match a request, the longest `path_prefix` wins.
+    /// Path-based caching (`fly-replay-cache` on a replay) needs no rule.
+    /// Default: no rules.
+    pub fn replay_cache(mut self, rule: ReplayCacheRule) -> Self {
+        self.replay_cache.push(rule);
+        self
+    }
+
+    /// The clock replay cache entries expire by, for tests: a
+    /// [`ManualClock`] moves only when advanced, so an entry's TTL can run
+    /// out without sleeping. Default: the system's monotonic clock.
+    pub fn replay_cache_clock(mut self, clock: ManualClock) -> Self {
+        self.cache_clock = Some(clock);
+        self
+    }
+
+    /// fly.toml's `internal_port`, for information: Machines still get a
+    /// free loopback port each as `PORT` (several Machines share one host
+    /// here, so they cannot all listen on one port); the admin interface
+    /// (`GET /config`) and the binary's start-up lines show it. Default `None`.
+    pub fn internal_port(mut self, port: Option<u16>) -> Self {
+        self.internal_port = port;
+        self
+    }
+
+    /// Applies what a fly.toml says ([`FlyToml`]): its replay cache rules are
+    /// added, and its `kill_signal`, `kill_timeout` and `internal_port`
+    /// replace the current settings (Fly's defaults, `SIGINT` and 5 s,
+    /// when the file leaves them out).
+    pub fn fly_toml(mut self, file: &FlyToml) -> Self {
+        self.replay_cache.extend(file.replay_cache.iter().cloned());
+        self.kill_signal = Some(file.kill_signal.unwrap_or(Signal::Int));
+        self.kill_timeout = file.kill_timeout.unwrap_or(Duration::from_secs(5));
+        if file.internal_port.is_some() {
+            self.internal_port = file.internal_port;
+        }
         self
     }
 

@@ -29,6 +29,16 @@ pub enum EventKind {
     ProxyError,
     /// A Machine was added, started, stopped, destroyed or exited.
     Lifecycle,
+    /// The replay cache remembered a replay, invalidated an entry, or was
+    /// bypassed by a client (cache hits are counted, not recorded).
+    ReplayCache,
+    /// A replay meant to be cached (the request carries a rule's cookie or
+    /// header, or the replay names a path pattern) was not cached: it carries
+    /// `state`, `timeout`, `fallback` or a transform, or its cache
+    /// instruction is invalid. The replay itself is still followed. Counted
+    /// as an error ([`Event::is_error`]): Fly documents such a replay as one
+    /// that cannot be cached.
+    ReplayNotCached,
 }
 
 /// One recorded event.
@@ -51,9 +61,13 @@ pub struct Event {
 }
 
 impl Event {
-    /// Whether this event is an error a client saw (a proxy error or a failed replay).
+    /// Whether this event is an error: one a client saw (a proxy error or a
+    /// failed replay), or a replay meant to be cached that could not be.
     pub fn is_error(&self) -> bool {
-        matches!(self.kind, EventKind::ProxyError | EventKind::ReplayFailed)
+        matches!(
+            self.kind,
+            EventKind::ProxyError | EventKind::ReplayFailed | EventKind::ReplayNotCached
+        )
     }
 }
 

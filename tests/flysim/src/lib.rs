@@ -62,23 +62,101 @@
 //!   `fly-preferred-instance-unavailable`, the 1 MB replay body limit, the limit of
 //!   10 replays (PA02), the slow failure of a replay to a destroyed Machine, and
 //!   replayed WebSocket handshakes.
+//! - The replay cache (Fly's docs, "Replay Caching"): session-based rules
+//!   ([`Config::replay_cache`], `--replay-cache`, or a fly.toml's
+//!   `replay_cache` tables through [`FlyToml`] and `--fly-toml`) keyed by a
+//!   cookie or a request header, and path-based entries named by the replay
+//!   (`fly-replay-cache: /rooms/42/*` with `fly-replay-cache-ttl-secs`, or
+//!   the JSON `cache` object). A hit is routed by the entry without reaching
+//!   the first Machine and carries `fly-replay-cache-status: hit` and no
+//!   `fly-replay-src`; an ordinary replay of a cacheable request carries
+//!   `miss` (`bypass` after `fly-replay-cache-control: skip` where allowed);
+//!   `fly-replay-cache: invalidate` removes an entry. Counters:
+//!   [`FlySim::replay_cache_stats`], the admin `GET /replay-cache`, and one
+//!   line of the exit table ([`FlySim::report`]) when caching is in play.
+//!
+//! ## Named assumptions (replay cache)
+//! Where Fly's documentation is silent, flysim decides as follows. A
+//! middleware must stay correct under any reasonable reading; these are the
+//! ones flysim tests against.
+//! 1. **Key.** A session entry is keyed by (hostname, rule, value): the rule
+//!    (so its `path_prefix`) is part of the key; two rules naming the same
+//!    cookie keep separate entries. A path entry is keyed by (hostname, pattern).
+//! 2. **Hostname.** The request's `Host`, lowercased, without its port;
+//!    caches are never shared between hostnames.
+//! 3. **Value normalisation.** None: the cookie's value exactly as sent (the
+//!    first cookie of that name across every `Cookie` field, surrounding
+//!    whitespace trimmed, no unquoting, case kept); for a header rule the
+//!    first field's value, trimmed. An empty or non-ASCII value keys nothing.
+//! 4. **Prefix matching.** `/api`, `/api/` and `/api/*` are the same; it
+//!    covers `/api` and `/api/...`, not `/apis`. The longest matching prefix
+//!    wins (a rule naming the host wins a tie, then the first declared), and
+//!    it decides alone: a request lacking its cookie or header is not
+//!    cacheable, even if a shorter rule's cookie is present.
+//! 5. **Per edge or global.** flysim has one edge, so one cache.
+//! 6. **TTL.** Fixed from creation; a hit does not refresh it. The 10 s
+//!    minimum binds rules and path replays alike.
+//! 7. **What is remembered.** Only the replay answered by the first Machine
+//!    a request reached (one step of lookup); a replay answered by a hit's
+//!    target, or a later replay in a chain, is ordinary and changes nothing
+//!    (unless it invalidates). When a replay names a path pattern and the
+//!    request also has a session key, only the path entry is made. A request
+//!    without the cookie is not cached.
+//! 8. **Lookup order.** `fly-force-instance-id` and `fly-prefer-instance-id`
+//!    win over the cache (no hit is counted); then the request's session
+//!    entry; then the longest path entry covering it.
+//! 9. **Cache-meant replays that cannot be cached.** A replay meant to be
+//!    cached (the request carries a rule's key, or the replay names a
+//!    pattern) with `state`, `timeout`, `fallback` or a transform, or with
+//!    an invalid cache instruction (a pattern that does not cover the
+//!    request, no TTL or one under 10 s, a bad header), is still replayed
+//!    as given but not cached, and a loud [`EventKind::ReplayNotCached`]
+//!    event (an error by [`Event::is_error`], printed unless quiet) says why.
+//! 10. **Invalidation in one app.** `fly-replay-cache: invalidate` on a
+//!     replay (any Machine's, not only a hit's target) removes the entry
+//!     that routed this request (same key), or else the one that would have;
+//!     the replay it carries is followed the ordinary way (`fly-replay-src`,
+//!     `miss`) and is not remembered, so the next request of that key is
+//!     balanced and the app decides again. On a response without `fly-replay`
+//!     the cache headers are ignored.
+//! 11. **Bypass.** Honoured only when the request's rule has `allow_bypass`
+//!     or the entry was made by a replay with `fly-replay-cache-allow-bypass:
+//!     yes` (JSON `allow_bypass`, top level or in `cache`); otherwise `skip`
+//!     is ignored. A bypassing request is balanced, its replay is marked
+//!     `bypass`, and that replay replaces the entry (a fresh decision).
+//! 12. **Hit to a stopped target.** Autostarts it, as any replay does.
+//! 13. **Hit to a destroyed target.** Behaves as the cached directive would:
+//!     `prefer_instance` goes to any other Machine with
+//!     `fly-preferred-instance-unavailable` (still marked `hit`, no
+//!     `fly-replay-src`); strict `instance` fails slowly with an empty 502
+//!     (no fallback: none can be cached). The entry is not dropped on
+//!     failure (Fly documents no automatic invalidation).
+//! 14. **Status header.** Set on the deliveries flysim routes by the cache
+//!     or replays; a client-sent `fly-replay-cache-status` passes through
+//!     untouched otherwise, like the other `fly-*` request headers.
+//!
+//! fly.toml: flysim reads `replay_cache` rules, `kill_signal` (Fly's default
+//! `SIGINT` when absent), `kill_timeout` (default 5 s) and `internal_port`;
+//! Machines still get a free loopback `PORT` each (they share one host), and
+//! `internal_port` is reported by the admin `GET /config`.
 //!
 //! ## What is not simulated
 //! TLS (the front port speaks plain HTTP/1.1 and h2c; `X-Forwarded-Proto` says
 //! `https` as behind Fly's edge), several regions or apps (a replay to another app
-//! fails like PA04), replay caching (`cache` in the JSON form is validated and
-//! ignored), `fly-prefer-region`/`fly-force-region`, health checks, autostop,
+//! fails like PA04), `fly-prefer-region`/`fly-force-region`, health checks, autostop,
 //! suspend, 6PN (internal DNS answers only the `vms` TXT records), HTTP/2 to Machines and WebSockets over HTTP/2.
 
 mod admin;
 mod balance;
 mod body;
+mod cache;
 mod config;
 mod deliver;
 mod dns;
 mod errors;
 mod events;
 mod fleet;
+mod flytoml;
 mod headers;
 mod machine;
 mod plan;
@@ -89,8 +167,13 @@ mod sim;
 mod upstream;
 
 pub use balance::Balance;
+pub use cache::{
+    CacheKeyKind, MIN_TTL as REPLAY_CACHE_MIN_TTL, ManualClock, ReplayCacheRule, ReplayCacheStats,
+    RuleError,
+};
 pub use config::Config;
 pub use events::{Event, EventKind};
+pub use flytoml::FlyToml;
 pub use machine::{
     ChildOutput, Instance, Launch, LaunchFn, LaunchFuture, MachineEnv, MachineInfo, MachineState,
     Signal,

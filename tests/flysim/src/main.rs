@@ -5,11 +5,12 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use flysim::{Balance, ChildOutput, Config, FlySim, Launch, Signal};
+use flysim::{Balance, ChildOutput, Config, FlySim, FlyToml, Launch, ReplayCacheRule, Signal};
 
 /// Run a command as N simulated Fly.io Machines behind a local imitation of Fly's
 /// HTTP proxy (fly-replay, autostart, per-Machine counts).
@@ -50,13 +51,25 @@ struct Args {
     #[arg(long, default_value_t = 30_000)]
     ready_timeout_ms: u64,
     /// Signal a stopped or destroyed Machine's process gets before it is killed
-    /// (Fly's kill_signal, e.g. SIGINT or SIGTERM); without it, it is killed at once.
+    /// (Fly's kill_signal, e.g. SIGINT or SIGTERM); without it, it is killed at
+    /// once (with --fly-toml: the file's kill_signal, or Fly's default SIGINT).
     #[arg(long)]
     kill_signal: Option<Signal>,
     /// How long a signalled process may take to exit before it is killed, in
-    /// milliseconds (Fly's kill_timeout).
-    #[arg(long, default_value_t = 5000)]
-    kill_timeout_ms: u64,
+    /// milliseconds (Fly's kill_timeout) [default: 5000, or the fly.toml's].
+    #[arg(long)]
+    kill_timeout_ms: Option<u64>,
+    /// A session-based replay cache rule, as in fly.toml:
+    /// 'path_prefix=/,ttl_seconds=300,type=cookie,name=fly-machine-id[,allow_bypass=true]'
+    /// (type=header for a request header). Repeatable; the longest matching
+    /// path_prefix wins.
+    #[arg(long = "replay-cache", value_name = "RULE", value_parser = ReplayCacheRule::parse)]
+    replay_cache: Vec<ReplayCacheRule>,
+    /// Read replay_cache rules, kill_signal, kill_timeout and internal_port
+    /// from this fly.toml (command-line flags given as well win; --replay-cache
+    /// rules are added to the file's).
+    #[arg(long, value_name = "FILE")]
+    fly_toml: Option<PathBuf>,
     /// X-Forwarded-Proto sent to the Machines.
     #[arg(long, default_value = "https")]
     forwarded_proto: String,
@@ -97,7 +110,27 @@ async fn main() -> ExitCode {
         .with_target(false)
         .init();
 
-    let config = Config::default()
+    let fly_toml = match args.fly_toml.as_deref().map(FlyToml::read).transpose() {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("flysim: could not start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut config = Config::default();
+    if let Some(file) = &fly_toml {
+        config = config.fly_toml(file);
+    }
+    if args.kill_signal.is_some() {
+        config = config.kill_signal(args.kill_signal);
+    }
+    if let Some(ms) = args.kill_timeout_ms {
+        config = config.kill_timeout(Duration::from_millis(ms));
+    }
+    for rule in &args.replay_cache {
+        config = config.replay_cache(rule.clone());
+    }
+    let config = config
         .machines(args.machines)
         .front_addr(SocketAddr::new(args.host, args.port))
         .admin_addr((!args.no_admin).then(|| SocketAddr::from(([127, 0, 0, 1], args.admin_port))))
@@ -111,8 +144,6 @@ async fn main() -> ExitCode {
         .cold_start(Duration::from_millis(args.cold_start_ms))
         .dead_target_delay(Duration::from_millis(args.dead_target_delay_ms))
         .ready_timeout(Duration::from_millis(args.ready_timeout_ms))
-        .kill_signal(args.kill_signal)
-        .kill_timeout(Duration::from_millis(args.kill_timeout_ms))
         // Errors are reported through tracing below.
         .quiet(true)
         .log_requests(args.log_requests)
@@ -141,6 +172,28 @@ async fn main() -> ExitCode {
         if let Some(addr) = m.addr {
             println!("flysim: Machine {} at {addr}", m.id);
         }
+    }
+    if let (Some(file), Some(path)) = (&fly_toml, &args.fly_toml) {
+        let port = file
+            .internal_port
+            .map_or_else(|| "none".to_owned(), |p| p.to_string());
+        let signal = args.kill_signal.or(file.kill_signal).unwrap_or(Signal::Int);
+        let timeout = args
+            .kill_timeout_ms
+            .map(Duration::from_millis)
+            .or(file.kill_timeout)
+            .unwrap_or(Duration::from_secs(5));
+        println!(
+            "flysim: fly.toml {}: internal_port {port} (each Machine still gets a free PORT), kill_signal {signal}, kill_timeout {timeout:?}",
+            path.display()
+        );
+    }
+    for rule in fly_toml
+        .iter()
+        .flat_map(|f| f.replay_cache.iter())
+        .chain(&args.replay_cache)
+    {
+        println!("flysim: replay cache rule {rule}");
     }
     println!("flysim: front {}", sim.url());
     if let Some(admin) = sim.admin_addr() {

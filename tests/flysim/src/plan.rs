@@ -12,15 +12,21 @@
 //!
 //! Nothing here touches sockets, locks or clocks (the time comes in as an
 //! argument), so each of Fly's rules is unit-tested below. The replay cache
-//! belongs here too: a hit is another answer of [`first`] (straight to the
-//! remembered Machine, marked `fly-replay-cache-status: hit`, no
-//! `fly-replay-src`), and remembering a cacheable replay is part of [`replay`].
+//! ([`cache`](crate::cache)) is consulted here too: a hit is another answer
+//! of [`first`] (straight to the remembered route, marked
+//! `fly-replay-cache-status: hit`, no `fly-replay-src`), and what a replay
+//! does to the cache (remember it, invalidate an entry, refuse to cache it
+//! loudly) is part of what [`replay`] answers, as a [`CacheOp`] the proxy
+//! applies to the store.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::HeaderMap;
 
 use crate::MAX_REPLAYS;
+use crate::cache::{
+    self, Ask, CACHE_STATUS, Entry, Key, Lookup, MIN_TTL, ReplayCacheRule, RequestKeys,
+};
 use crate::errors::ProxyError;
 use crate::headers::{
     FLY_REPLAY_FAILED, FLY_REPLAY_SRC, FORCE_INSTANCE, PREFER_INSTANCE, PREFERRED_UNAVAILABLE,
@@ -60,6 +66,37 @@ pub(crate) struct Answer {
     pub(crate) directive: Result<ReplayDirective, ReplayError>,
     /// The instruction as messages quote it.
     pub(crate) quoted: String,
+    /// Its replay cache instruction (`fly-replay-cache` headers or the JSON
+    /// `cache` object): none, or why it is invalid.
+    pub(crate) cache: Result<Option<Ask>, String>,
+}
+
+/// What the replay cache knows about the request a replay answers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CacheCtx<'a> {
+    /// The request's hostname, path and session key.
+    pub(crate) keys: &'a RequestKeys,
+    /// The session rules (indexed by the key's rule).
+    pub(crate) rules: &'a [ReplayCacheRule],
+    /// The entry that routed this request, if it was a cache hit.
+    pub(crate) hit: Option<&'a Key>,
+    /// The client bypassed the cache.
+    pub(crate) bypassed: bool,
+    /// The cache clock now (entries expire at a fixed time from creation).
+    pub(crate) now: Instant,
+}
+
+/// What a replay does to the replay cache.
+#[derive(Debug, Clone)]
+pub(crate) enum CacheOp {
+    /// Nothing.
+    Nothing,
+    /// Remember it under this key.
+    Remember(Key, Box<Entry>),
+    /// Remove the entry that routed the request (or would have).
+    Invalidate,
+    /// It was meant to be cached but is not (why): a loud event.
+    NotCached(String),
 }
 
 /// Where one delivery should go.
@@ -123,6 +160,21 @@ pub(crate) struct Replay {
     pub(crate) transform: Option<Transform>,
     /// What to do if it gets no connection.
     pub(crate) on_failure: OnFailure,
+    /// The `fly-replay-cache-status` it carries (also in `extra`).
+    pub(crate) cache_status: Option<&'static str>,
+    /// What it does to the replay cache.
+    pub(crate) cache_op: CacheOp,
+}
+
+/// The first delivery of a client's request.
+#[derive(Debug)]
+pub(crate) struct First {
+    pub(crate) route: Route,
+    /// Headers it carries besides its own (`fly-replay-cache-status: hit`).
+    pub(crate) extra: HeaderMap,
+    /// For a cache hit: the entry's key, and what a failure to reach its
+    /// target means (the cached replay's own failure, with no fallback).
+    pub(crate) hit: Option<(Key, OnFailure)>,
 }
 
 /// What [`after_failure`] needs to know about a replay.
@@ -175,10 +227,14 @@ pub(crate) enum AfterFailure {
     },
 }
 
-/// The first delivery of a client's request, as its routing headers ask.
-pub(crate) fn first(headers: &HeaderMap) -> Route {
+/// The first delivery of a client's request: as its routing headers ask
+/// (they win over the cache), else by the cache entry `lookup` found (a hit),
+/// else balanced.
+pub(crate) fn first(cluster: &Cluster<'_>, headers: &HeaderMap, lookup: &Lookup) -> First {
     let text = |v: &http::HeaderValue| String::from_utf8_lossy(v.as_bytes()).into_owned();
-    if let Some(v) = headers.get(FORCE_INSTANCE) {
+    let mut extra = HeaderMap::new();
+    let mut hit = None;
+    let route = if let Some(v) = headers.get(FORCE_INSTANCE) {
         Route::Exact {
             id: text(v),
             named_by: "fly-force-instance-id",
@@ -190,11 +246,172 @@ pub(crate) fn first(headers: &HeaderMap) -> Route {
             mark: true,
             timeout: None,
         }
+    } else if let Lookup::Hit { key, entry } = lookup {
+        extra.insert(CACHE_STATUS, http::HeaderValue::from_static("hit"));
+        let d = &entry.directive;
+        hit = Some((
+            key.clone(),
+            OnFailure {
+                source: entry.source.clone(),
+                target: d.instance.clone().or_else(|| d.prefer_instance.clone()),
+                app: cluster.app_name.to_owned(),
+                fallback: None,
+            },
+        ));
+        directive_route(cluster, d, &entry.source)
     } else {
         Route::Balanced {
             exclude: Vec::new(),
         }
+    };
+    First { route, extra, hit }
+}
+
+/// Where a valid replay instruction from Machine `source` sends the request.
+fn directive_route(cluster: &Cluster<'_>, d: &ReplayDirective, source: &str) -> Route {
+    let exclude = if d.elsewhere {
+        vec![source.to_owned()]
+    } else {
+        Vec::new()
+    };
+    let covered = d.region.as_ref().is_none_or(|specs| {
+        specs
+            .iter()
+            .any(|spec| regions::covers(spec, cluster.region))
+    });
+    if !covered {
+        Route::Nowhere
+    } else if let Some(id) = &d.instance {
+        Route::Strict {
+            id: id.clone(),
+            timeout: d.timeout,
+        }
+    } else if let Some(id) = &d.prefer_instance {
+        Route::Prefer {
+            id: id.clone(),
+            exclude,
+            mark: true,
+            timeout: d.timeout,
+        }
+    } else {
+        Route::Balanced { exclude }
     }
+}
+
+/// What a cache-meant replay carries that a cached one cannot.
+fn uncacheable(d: &ReplayDirective) -> Vec<&'static str> {
+    let mut out = Vec::new();
+    if d.state.is_some() {
+        out.push("state");
+    }
+    if d.timeout.is_some() {
+        out.push("timeout");
+    }
+    if d.fallback.is_some() {
+        out.push("fallback");
+    }
+    if d.transform.is_some() {
+        out.push("transform");
+    }
+    out
+}
+
+/// The replay's `fly-replay-cache-status` and what it does to the cache.
+fn cache_plan(
+    d: &ReplayDirective,
+    answer: &Answer,
+    progress: &Progress,
+    cache: &CacheCtx<'_>,
+) -> (Option<&'static str>, CacheOp) {
+    let keys = cache.keys;
+    // One step of cache lookup: only the first Machine's replay is remembered.
+    let first_answer = progress.replays == 0 && cache.hit.is_none() && !progress.fallback;
+    let ask = answer.cache.as_ref();
+    let in_play = keys.session.is_some() || cache.hit.is_some() || !matches!(ask, Ok(None));
+    let status = if cache.bypassed {
+        Some("bypass")
+    } else if in_play {
+        Some("miss")
+    } else {
+        None
+    };
+    let cannot = |what: Vec<&str>| {
+        CacheOp::NotCached(format!(
+            "it carries {} (a cached replay cannot carry state, timeout, fallback or a transform)",
+            what.join(", ")
+        ))
+    };
+    let entry = |ttl: Duration, allow_bypass: bool| Entry {
+        directive: d.clone(),
+        source: answer.machine.clone(),
+        expires: cache.now + ttl,
+        allow_bypass,
+    };
+    let op = match ask {
+        Err(problem) => CacheOp::NotCached(format!(
+            "its replay cache instruction is invalid: {problem}"
+        )),
+        Ok(Some(ask)) if ask.invalidate => CacheOp::Invalidate,
+        Ok(Some(Ask {
+            pattern: Some(pattern),
+            ttl,
+            allow_bypass,
+            ..
+        })) => {
+            let what = uncacheable(d);
+            if !first_answer {
+                CacheOp::NotCached(
+                    "it answers a request that the cache routed or that was already replayed (only the first Machine's replay is cached)".to_owned(),
+                )
+            } else if !cache::pattern_covers(pattern, keys) {
+                CacheOp::NotCached(format!(
+                    "its pattern does not cover this request (host {}, path {})",
+                    keys.host, keys.path
+                ))
+            } else if let Some(ttl) = ttl.filter(|t| *t >= MIN_TTL.as_secs()) {
+                if what.is_empty() {
+                    let key = Key::Path {
+                        host: keys.host.clone(),
+                        path: pattern.1.clone(),
+                    };
+                    CacheOp::Remember(
+                        key,
+                        Box::new(entry(Duration::from_secs(ttl), *allow_bypass)),
+                    )
+                } else {
+                    cannot(what)
+                }
+            } else {
+                CacheOp::NotCached(match ttl {
+                    None => "it has no TTL (fly-replay-cache-ttl-secs, or cache.ttl)".to_owned(),
+                    Some(t) => format!(
+                        "its TTL of {t} s is under the minimum of {} s",
+                        MIN_TTL.as_secs()
+                    ),
+                })
+            }
+        }
+        Ok(ask) => match &keys.session {
+            Some((rule, value)) if first_answer => {
+                let what = uncacheable(d);
+                if what.is_empty() {
+                    let rule_ = &cache.rules[*rule];
+                    let key = Key::Session {
+                        host: keys.host.clone(),
+                        rule: *rule,
+                        value: value.clone(),
+                    };
+                    let bypass =
+                        rule_.allow_bypass() || ask.as_ref().is_some_and(|a| a.allow_bypass);
+                    CacheOp::Remember(key, Box::new(entry(rule_.ttl(), bypass)))
+                } else {
+                    cannot(what)
+                }
+            }
+            _ => CacheOp::Nothing,
+        },
+    };
+    (status, op)
 }
 
 /// Plans a replay: checks it as Fly does (PA03 invalid, PA03 a fallback
@@ -206,6 +423,7 @@ pub(crate) fn replay(
     progress: &Progress,
     answer: &Answer,
     now_micros: u128,
+    cache: &CacheCtx<'_>,
 ) -> Plan {
     let machine = answer.machine.clone();
     let quoted = answer.quoted.clone();
@@ -247,33 +465,11 @@ pub(crate) fn replay(
     let mut extra = HeaderMap::new();
     extra.insert(FLY_REPLAY_SRC, header_value(&src));
 
-    let exclude = if d.elsewhere {
-        vec![machine.clone()]
-    } else {
-        Vec::new()
-    };
-    let covered = d.region.as_ref().is_none_or(|specs| {
-        specs
-            .iter()
-            .any(|spec| regions::covers(spec, cluster.region))
-    });
-    let route = if !covered {
-        Route::Nowhere
-    } else if let Some(id) = &d.instance {
-        Route::Strict {
-            id: id.clone(),
-            timeout: d.timeout,
-        }
-    } else if let Some(id) = &d.prefer_instance {
-        Route::Prefer {
-            id: id.clone(),
-            exclude,
-            mark: true,
-            timeout: d.timeout,
-        }
-    } else {
-        Route::Balanced { exclude }
-    };
+    let (cache_status, cache_op) = cache_plan(d, answer, progress, cache);
+    if let Some(status) = cache_status {
+        extra.insert(CACHE_STATUS, http::HeaderValue::from_static(status));
+    }
+    let route = directive_route(cluster, d, &machine);
     Plan::Replay(Box::new(Replay {
         route,
         extra,
@@ -284,6 +480,8 @@ pub(crate) fn replay(
             app: d.app.clone().unwrap_or_else(|| cluster.app_name.to_owned()),
             fallback: d.fallback,
         },
+        cache_status,
+        cache_op,
     }))
 }
 
@@ -418,11 +616,33 @@ mod tests {
             machine: SRC.to_owned(),
             directive: parse_header(header),
             quoted: format!("\"{header}\""),
+            cache: Ok(None),
+        }
+    }
+
+    fn no_cache(keys: &RequestKeys) -> CacheCtx<'_> {
+        CacheCtx {
+            keys,
+            rules: &[],
+            hit: None,
+            bypassed: false,
+            now: Instant::now(),
         }
     }
 
     fn plan(progress: &Progress, header: &str) -> Plan {
-        replay(&cluster(), progress, &answer(header), 1_700_000_000_000_000)
+        let keys = RequestKeys::default();
+        replay(
+            &cluster(),
+            progress,
+            &answer(header),
+            1_700_000_000_000_000,
+            &no_cache(&keys),
+        )
+    }
+
+    fn first_route(h: &HeaderMap) -> Route {
+        first(&cluster(), h, &Lookup::None).route
     }
 
     fn planned(header: &str) -> Replay {
@@ -447,14 +667,14 @@ mod tests {
     fn client_headers_choose_the_first_route() {
         let mut h = HeaderMap::new();
         assert_eq!(
-            first(&h),
+            first_route(&h),
             Route::Balanced {
                 exclude: Vec::new()
             }
         );
         h.insert(PREFER_INSTANCE, HeaderValue::from_static(TARGET));
         assert_eq!(
-            first(&h),
+            first_route(&h),
             Route::Prefer {
                 id: TARGET.to_owned(),
                 exclude: Vec::new(),
@@ -464,7 +684,7 @@ mod tests {
         );
         h.insert(FORCE_INSTANCE, HeaderValue::from_static(SRC));
         assert_eq!(
-            first(&h),
+            first_route(&h),
             Route::Exact {
                 id: SRC.to_owned(),
                 named_by: "fly-force-instance-id"
@@ -735,6 +955,129 @@ mod tests {
             Route::Balanced {
                 exclude: vec![SRC.to_owned(), TARGET.to_owned()]
             }
+        );
+    }
+
+    fn cookie_keys() -> (Vec<ReplayCacheRule>, RequestKeys) {
+        let rules = vec![
+            "path_prefix=/,ttl_seconds=300,type=cookie,name=sid"
+                .parse()
+                .unwrap(),
+        ];
+        let keys = RequestKeys {
+            host: "app.example".into(),
+            path: "/".into(),
+            session: Some((0, "u1".into())),
+            skip: false,
+        };
+        (rules, keys)
+    }
+
+    #[test]
+    fn a_hit_goes_where_the_cached_replay_went_marked_hit_without_src() {
+        let entry = Entry {
+            directive: parse_header(&format!("prefer_instance={TARGET}")).unwrap(),
+            source: SRC.to_owned(),
+            expires: Instant::now(),
+            allow_bypass: false,
+        };
+        let key = Key::Path {
+            host: "h".into(),
+            path: "/p".into(),
+        };
+        let lookup = Lookup::Hit {
+            key: key.clone(),
+            entry: Box::new(entry),
+        };
+        let f = first(&cluster(), &HeaderMap::new(), &lookup);
+        assert_eq!(
+            f.route,
+            Route::Prefer {
+                id: TARGET.to_owned(),
+                exclude: Vec::new(),
+                mark: true,
+                timeout: None
+            }
+        );
+        assert_eq!(
+            header(&f.extra, "fly-replay-cache-status").as_deref(),
+            Some("hit")
+        );
+        assert!(!f.extra.contains_key("fly-replay-src"));
+        let (hit, on) = f.hit.unwrap();
+        assert_eq!(hit, key);
+        assert_eq!((on.source.as_str(), on.fallback), (SRC, None));
+        // Client routing headers win over the cache.
+        let mut h = HeaderMap::new();
+        h.insert(FORCE_INSTANCE, HeaderValue::from_static(SRC));
+        assert!(first(&cluster(), &h, &lookup).hit.is_none());
+    }
+
+    fn cached_plan(header: &str, progress: &Progress, hit: Option<&Key>) -> Replay {
+        let (rules, keys) = cookie_keys();
+        let ctx = CacheCtx {
+            keys: &keys,
+            rules: &rules,
+            hit,
+            bypassed: false,
+            now: Instant::now(),
+        };
+        match replay(&cluster(), progress, &answer(header), 1, &ctx) {
+            Plan::Replay(r) => *r,
+            Plan::Refuse(e) => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn the_first_replay_of_a_cacheable_request_is_remembered_and_marked_miss() {
+        let r = cached_plan(&format!("prefer_instance={TARGET}"), &fresh(), None);
+        assert_eq!(r.cache_status, Some("miss"));
+        assert_eq!(
+            header(&r.extra, "fly-replay-cache-status").as_deref(),
+            Some("miss")
+        );
+        assert!(r.extra.contains_key("fly-replay-src"));
+        let CacheOp::Remember(Key::Session { rule, value, .. }, entry) = r.cache_op else {
+            panic!("{:?}", r.cache_op);
+        };
+        assert_eq!(
+            (rule, value.as_str(), entry.source.as_str()),
+            (0, "u1", SRC)
+        );
+
+        // One step of lookup: a replay after a hit or a replay is ordinary.
+        let key = Key::Path {
+            host: "h".into(),
+            path: "".into(),
+        };
+        let r = cached_plan("elsewhere=true", &fresh(), Some(&key));
+        assert!(matches!(r.cache_op, CacheOp::Nothing), "{:?}", r.cache_op);
+        assert_eq!(r.cache_status, Some("miss"));
+        let second = Progress {
+            replays: 1,
+            ..fresh()
+        };
+        assert!(matches!(
+            cached_plan("elsewhere=true", &second, None).cache_op,
+            CacheOp::Nothing
+        ));
+    }
+
+    #[test]
+    fn a_cache_meant_replay_with_state_timeout_or_fallback_is_not_cached() {
+        let r = cached_plan(
+            &format!("instance={TARGET};state=s;timeout=1s;fallback=prefer_self"),
+            &fresh(),
+            None,
+        );
+        let CacheOp::NotCached(why) = &r.cache_op else {
+            panic!("{:?}", r.cache_op);
+        };
+        assert!(why.contains("state, timeout, fallback"), "{why}");
+        assert!(
+            header(&r.extra, "fly-replay-src")
+                .unwrap()
+                .ends_with(";state=s")
         );
     }
 }

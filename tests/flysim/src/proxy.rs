@@ -16,6 +16,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use crate::body::{self, ProxyBody};
+use crate::cache::{self, Ask, Key, Lookup, RequestKeys};
 use crate::deliver::{Ctx, Delivered};
 use crate::errors::{self, ProxyError};
 use crate::events::EventKind;
@@ -24,7 +25,9 @@ use crate::headers::{
     ConnInfo, FLY_REPLAY, FLY_REQUEST_ID, forwarded_headers, header_value, is_upgrade_request,
     micros_since_epoch, new_request_id, strip_hop_by_hop,
 };
-use crate::plan::{self, AfterFailure, Answer, Cluster, OnFailure, Plan, Progress, Reason};
+use crate::plan::{
+    self, AfterFailure, Answer, CacheCtx, CacheOp, Cluster, OnFailure, Plan, Progress, Reason,
+};
 use crate::replay::{self, ReplayError};
 use crate::sim::Shared;
 use crate::upstream::error_chain;
@@ -38,6 +41,8 @@ enum Classified {
     Replay {
         directive: Result<replay::ReplayDirective, ReplayError>,
         quoted: String,
+        /// Its replay cache instruction, if any (or why it is invalid).
+        cache: Result<Option<Ask>, String>,
     },
 }
 
@@ -123,37 +128,112 @@ impl Shared {
         }
     }
 
-    /// Routes the request: the first delivery, then every replay and fallback.
+    /// Routes the request: the first delivery (by the replay cache on a
+    /// hit), then every replay and fallback, applying what each replay does
+    /// to the cache.
     async fn route(&self, ctx: &mut Ctx) -> Response<ProxyBody> {
         let cluster = self.cluster();
-        let first = plan::first(&ctx.headers);
-        let mut delivered = match self.deliver(ctx, first, HeaderMap::new()).await {
+        let (keys, lookup) = {
+            let now = self.cache_now();
+            let mut store = self.cache();
+            let keys = store.keys(&ctx.headers, ctx.pq.path());
+            let lookup = store.lookup(&keys, now);
+            (keys, lookup)
+        };
+        let bypassed = matches!(lookup, Lookup::Bypass);
+        if bypassed {
+            self.events.record(
+                EventKind::ReplayCache,
+                None,
+                Some(&ctx.request_id),
+                None,
+                format!(
+                    "{} {} bypassed the replay cache (fly-replay-cache-control: skip)",
+                    ctx.method, ctx.pq
+                ),
+            );
+        }
+        let first = plan::first(&cluster, &ctx.headers, &lookup);
+        let (hit, hit_failure) = match first.hit {
+            Some((key, on)) => {
+                self.cache().count_hit();
+                (Some(key), Some(on))
+            }
+            None => (None, None),
+        };
+        let t0 = Instant::now();
+        let mut delivered = match self.deliver(ctx, first.route, first.extra).await {
             Ok(d) => d,
-            Err(e) => return self.refuse(ctx, &e),
+            Err(e) => match (e.no_connection(), &hit_failure) {
+                // A hit fails as the cached replay would (no fallback: none is cached).
+                (Some(reason), Some(on)) => {
+                    return match self.replay_failed(ctx, on, reason, t0).await {
+                        Ok(_) => unreachable!("a cached replay has no fallback"),
+                        Err(resp) => resp,
+                    };
+                }
+                _ => return self.refuse(ctx, &e),
+            },
         };
         let mut replays = 0usize;
+        let mut miss_counted = false;
         loop {
             let Delivered { machine, resp } = delivered;
-            let (directive, quoted) = match self.classify(resp).await {
+            let (directive, quoted, cache) = match self.classify(resp).await {
                 Classified::Final(resp) => return self.finish(ctx, &machine, resp),
-                Classified::Replay { directive, quoted } => (directive, quoted),
+                Classified::Replay {
+                    directive,
+                    quoted,
+                    cache,
+                } => (directive, quoted, cache),
             };
             self.fleet.count(&machine, Counter::ReplaySent);
             let answer = Answer {
                 machine,
                 directive,
                 quoted,
+                cache,
             };
             let progress = Progress {
                 body_replayable: ctx.body.replayable(),
                 replays,
                 fallback: ctx.fallback,
             };
-            let replay = match plan::replay(&cluster, &progress, &answer, micros_since_epoch()) {
+            let now = self.cache_now();
+            let planned = {
+                let store = self.cache();
+                let cache_ctx = CacheCtx {
+                    keys: &keys,
+                    rules: store.rules(),
+                    hit: hit.as_ref(),
+                    bypassed,
+                    now,
+                };
+                plan::replay(
+                    &cluster,
+                    &progress,
+                    &answer,
+                    micros_since_epoch(),
+                    &cache_ctx,
+                )
+            };
+            let replay = match planned {
                 Plan::Replay(replay) => replay,
                 Plan::Refuse(e) => return self.refuse(ctx, &e),
             };
             replays += 1;
+            if replay.cache_status == Some("miss") && !miss_counted {
+                miss_counted = true;
+                self.cache().count_miss();
+            }
+            self.apply_cache_op(
+                ctx,
+                &answer,
+                &keys,
+                hit.as_ref(),
+                replay.cache_op.clone(),
+                now,
+            );
             if let Some(t) = &replay.transform {
                 if let Some(path) = &t.path {
                     ctx.pq = path.clone();
@@ -190,6 +270,63 @@ impl Shared {
                 },
             };
         }
+    }
+
+    /// Applies what the planner said a replay does to the replay cache, and
+    /// records it.
+    fn apply_cache_op(
+        &self,
+        ctx: &Ctx,
+        answer: &Answer,
+        keys: &RequestKeys,
+        hit: Option<&Key>,
+        op: CacheOp,
+        now: std::time::Instant,
+    ) {
+        let machine = &answer.machine;
+        let what = format!("{} {}", ctx.method, ctx.pq);
+        let (kind, message) = match op {
+            CacheOp::Nothing => return,
+            CacheOp::Remember(key, entry) => {
+                let ttl = entry.expires.saturating_duration_since(now).as_secs();
+                self.cache().remember(key.clone(), *entry);
+                (
+                    EventKind::ReplayCache,
+                    format!(
+                        "replay cache: remembered Machine {machine}'s replay {} of {what} under ({key}) for {ttl} s",
+                        answer.quoted
+                    ),
+                )
+            }
+            CacheOp::Invalidate => {
+                let removed = self.cache().invalidate(hit, keys, now);
+                (
+                    EventKind::ReplayCache,
+                    match removed {
+                        Some(key) => format!(
+                            "replay cache: Machine {machine} invalidated the entry ({key}) with {}; replaying {what} the ordinary way",
+                            answer.quoted
+                        ),
+                        None => format!(
+                            "replay cache: Machine {machine} asked to invalidate with {}, but no entry routes {what}",
+                            answer.quoted
+                        ),
+                    },
+                )
+            }
+            CacheOp::NotCached(why) => {
+                self.cache().count_not_cached();
+                (
+                    EventKind::ReplayNotCached,
+                    format!(
+                        "replay cache: Machine {machine}'s replay {} of {what} was meant to be cached but is not: {why}; it is replayed uncached",
+                        answer.quoted
+                    ),
+                )
+            }
+        };
+        self.events
+            .record(kind, None, Some(&ctx.request_id), Some(machine), message);
     }
 
     /// A replay got no connection: a fallback request, or an empty 502.
@@ -280,6 +417,7 @@ impl Shared {
                     "a 101 Switching Protocols response cannot be replayed (answer the upgrade request with an ordinary status and fly-replay)",
                 )),
                 quoted,
+                cache: Ok(None),
             };
         }
         if json {
@@ -287,12 +425,14 @@ impl Shared {
                 Ok(bytes) => Classified::Replay {
                     directive: replay::parse_json(&bytes),
                     quoted: format!("JSON body {}", replay::quote_for_message(&bytes)),
+                    cache: cache::ask_from_json(&bytes),
                 },
                 Err(e) => Classified::Replay {
                     directive: Err(ReplayError::new(format!(
                         "the JSON replay body could not be read or is larger than {MAX_JSON_REPLAY} bytes ({e})"
                     ))),
                     quoted: "a JSON replay body".to_owned(),
+                    cache: Ok(None),
                 },
             };
         }
@@ -304,12 +444,14 @@ impl Shared {
             return Classified::Replay {
                 directive: Err(ReplayError::new("more than one fly-replay header")),
                 quoted: joined.join(" and "),
+                cache: Ok(None),
             };
         }
         let raw = headers[0].as_bytes();
         Classified::Replay {
             directive: replay::parse_header_bytes(raw),
             quoted: replay::quote_for_message(raw),
+            cache: cache::ask_from_headers(resp.headers()),
         }
     }
 

@@ -4,8 +4,8 @@
 use std::convert::Infallible;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 use crate::Config;
 use crate::balance::{Balancer, Pick};
+use crate::cache::{ReplayCacheStats, Store};
 use crate::events::{Event, EventLog};
 use crate::fleet::Fleet;
 use crate::headers::ConnInfo;
@@ -32,6 +33,8 @@ pub(crate) struct Shared {
     /// How requests reach the Machines (HTTP/1.1 today).
     pub(crate) upstream: Box<dyn Upstream>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The replay cache (rules, entries, counters).
+    cache: Mutex<Store>,
 }
 
 impl Shared {
@@ -39,6 +42,7 @@ impl Shared {
         let events = Arc::new(EventLog::new(config.quiet));
         let (shutdown, _) = watch::channel(false);
         Arc::new(Shared {
+            cache: Mutex::new(Store::new(config.replay_cache.clone())),
             fleet: Fleet::new(config.clone(), launch, events.clone()),
             balancer: Balancer::new(config.balance),
             upstream: Box::new(Http1::new()),
@@ -46,6 +50,39 @@ impl Shared {
             events,
             shutdown,
         })
+    }
+
+    /// The replay cache, locked (never held across an await).
+    pub(crate) fn cache(&self) -> MutexGuard<'_, Store> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Now, by the replay cache's clock.
+    pub(crate) fn cache_now(&self) -> Instant {
+        self.config
+            .cache_clock
+            .as_ref()
+            .map_or_else(Instant::now, |c| c.now())
+    }
+
+    /// The replay cache's counters now.
+    pub(crate) fn cache_stats(&self) -> ReplayCacheStats {
+        let now = self.cache_now();
+        self.cache().stats(now)
+    }
+
+    /// The per-Machine table, and the replay cache's counters when caching
+    /// is in play (a rule, or any path-based entry ever made).
+    pub(crate) fn report(&self) -> String {
+        let mut out = self.fleet.report();
+        if self.cache().in_play() {
+            let s = self.cache_stats();
+            out.push_str(&format!(
+                "replay cache: {} entries, {} hits, {} misses, {} bypasses, {} invalidations, {} not cached\n",
+                s.entries, s.hits, s.misses, s.bypasses, s.invalidations, s.not_cached
+            ));
+        }
+        out
     }
 
     /// The balancer's choice among the Machines now, leaving out `exclude`.
@@ -220,9 +257,17 @@ impl FlySim {
         self.shared.events.clear();
     }
 
-    /// The per-Machine table: machine, state, served, replays sent, replays received.
+    /// The per-Machine table: machine, state, served, replays sent, replays
+    /// received; then, when replay caching is in play (a rule, or any
+    /// path-based entry ever made), one line of replay cache counters.
     pub fn report(&self) -> String {
-        self.shared.fleet.report()
+        self.shared.report()
+    }
+
+    /// The replay cache's counters: live entries, entries created, hits,
+    /// misses, bypasses, invalidations and replays not cached.
+    pub fn replay_cache_stats(&self) -> ReplayCacheStats {
+        self.shared.cache_stats()
     }
 
     /// Resolves once no Machine is running and at least one child process exited on
