@@ -1,13 +1,26 @@
-//! The `example-rocket` binary as a process: environment, signals, exit codes.
+//! The `example-rocket` binary as a process: environment, signals, exit
+//! codes. The drain checks are shared by every example: `conformance::binary`.
 
 #![cfg(unix)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Read;
+use std::net::TcpListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+const BINARY: &str = env!("CARGO_BIN_EXE_example-rocket");
 const HERE: &str = "148ed599c14189";
+
+#[test]
+fn sigterm_drains_keeps_serving_then_exits() {
+    conformance::binary::sigterm_drains_keeps_serving_then_exits(BINARY);
+}
+
+/// Rocket's own graceful shutdown (grace + mercy), never the drain period.
+#[test]
+fn sigint_stops_at_once() {
+    conformance::binary::sigint_stops_at_once(BINARY);
+}
 
 /// A port that was free a moment ago.
 fn free_port() -> u16 {
@@ -18,7 +31,7 @@ fn free_port() -> u16 {
 }
 
 fn spawn(port: u16, env: &[(&str, &str)]) -> Child {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_example-rocket"));
+    let mut cmd = Command::new(BINARY);
     cmd.env_remove("FLY_MACHINE_ID")
         .env_remove("FLY_APP_NAME")
         .env_remove("FLY_REGION")
@@ -42,47 +55,6 @@ impl Drop for Proc {
     }
 }
 
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(child.id().to_string())
-        .status()
-        .expect("run kill");
-    assert!(status.success());
-}
-
-/// `GET path` with optional cookie; returns (status, raw response).
-fn get(port: u16, path: &str, cookie: Option<&str>) -> std::io::Result<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let cookie = cookie
-        .map(|c| format!("Cookie: {c}\r\n"))
-        .unwrap_or_default();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{cookie}\r\n"
-    )?;
-    let mut out = String::new();
-    stream.read_to_string(&mut out)?;
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, out))
-}
-
-fn wait_ready(port: u16) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(30) {
-        if let Ok((200, _)) = get(port, "/health", None) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("example-rocket did not listen on {port}");
-}
-
 fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
     let start = Instant::now();
     loop {
@@ -92,63 +64,6 @@ fn wait_exit(child: &mut Child, limit: Duration) -> ExitStatus {
         assert!(start.elapsed() < limit, "still running after {limit:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-#[test]
-fn sigterm_drains_keeps_serving_then_exits() {
-    let port = free_port();
-    let mut proc = Proc(spawn(
-        port,
-        &[("FLY_MACHINE_ID", HERE), ("DRAIN_SECONDS", "2")],
-    ));
-    wait_ready(port);
-    let pinned = format!("fly-machine-id={HERE}");
-    let (status, body) = get(port, "/", Some(&pinned)).expect("served");
-    assert_eq!(status, 200);
-    assert!(
-        body.ends_with(&format!("machine={HERE} handled=1")),
-        "{body}"
-    );
-
-    signal(&proc.0, "TERM");
-    let term = Instant::now();
-    // Draining: a request pinned here is sent elsewhere; /health still works.
-    let replayed = loop {
-        let (status, raw) = get(port, "/", Some(&pinned)).expect("still serving");
-        if status == 307 {
-            break raw;
-        }
-        assert!(term.elapsed() < Duration::from_secs(1), "no drain: {raw}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        replayed
-            .to_ascii_lowercase()
-            .contains("fly-replay: elsewhere=true"),
-        "{replayed}"
-    );
-    assert_eq!(get(port, "/health", None).expect("health").0, 200);
-
-    let status = wait_exit(&mut proc.0, Duration::from_secs(15));
-    assert!(status.success(), "{status:?}");
-    assert!(
-        term.elapsed() >= Duration::from_secs(2),
-        "kept serving for DRAIN_SECONDS"
-    );
-}
-
-#[test]
-fn sigint_stops_at_once() {
-    let port = free_port();
-    let mut proc = Proc(spawn(
-        port,
-        &[("FLY_MACHINE_ID", HERE), ("DRAIN_SECONDS", "60")],
-    ));
-    wait_ready(port);
-    signal(&proc.0, "INT");
-    // Rocket's own graceful shutdown (grace + mercy), never the drain period.
-    let status = wait_exit(&mut proc.0, Duration::from_secs(10));
-    assert!(status.success(), "{status:?}");
 }
 
 #[test]
