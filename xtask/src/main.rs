@@ -23,8 +23,9 @@ tasks:
   socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)";
 
 /// The frameworks, in matrix order. An adapter is present when its example
-/// package exists in the workspace.
-pub(crate) const FRAMEWORKS: [&str; 5] = ["axum", "actix-web", "warp", "rocket", "poem"];
+/// package exists in the workspace. `hyper` has no adapter: its example
+/// calls `sticky-core` by hand.
+pub(crate) const FRAMEWORKS: [&str; 6] = ["axum", "actix-web", "warp", "rocket", "poem", "hyper"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
