@@ -91,6 +91,110 @@
 //! this (grace from `DRAIN_SECONDS`; SIGINT stops at once), and its tests
 //! check it on the running binary.
 //!
+//! ## On request types of your own
+//!
+//! A server that is not on `http` types (a proxy, an embedded server)
+//! implements [`RequestView`] over its own request and adds the headers of
+//! [`Finish::headers`] and [`Answer::headers`] to its own response. Here,
+//! over a request whose headers are a `Vec<(String, Vec<u8>)>`
+//! (`examples/hyper` is the same on hyper's types):
+//!
+//! ```
+//! use std::ops::ControlFlow;
+//! use sticky_core::{Action, Env, RequestView, Sticky};
+//!
+//! struct MyRequest {
+//!     method: String,
+//!     target: String, // as on the request line: path and query
+//!     headers: Vec<(String, Vec<u8>)>,
+//! }
+//!
+//! struct MyResponse {
+//!     status: u16,
+//!     headers: Vec<(String, Vec<u8>)>,
+//!     body: Vec<u8>,
+//! }
+//!
+//! impl RequestView for MyRequest {
+//!     fn method(&self) -> &str {
+//!         &self.method
+//!     }
+//!     fn path(&self) -> &str {
+//!         self.target.split_once('?').map_or(&self.target, |(path, _)| path)
+//!     }
+//!     fn query(&self) -> Option<&str> {
+//!         self.target.split_once('?').map(|(_, query)| query)
+//!     }
+//!     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
+//!         // `name` is lowercase; the client's spelling may not be. Every
+//!         // field counts, in order (a `Cookie` may come in several).
+//!         for (field, value) in &self.headers {
+//!             if field.eq_ignore_ascii_case(name) && each(value).is_break() {
+//!                 return;
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! fn handler(_req: &MyRequest) -> MyResponse {
+//!     MyResponse { status: 200, headers: Vec::new(), body: b"hello".to_vec() }
+//! }
+//!
+//! fn serve(sticky: &Sticky, req: MyRequest) -> MyResponse {
+//!     match sticky.decide(&req).into_action() {
+//!         Action::Run(finish) => {
+//!             let mut res = handler(&req);
+//!             let has_cache_control =
+//!                 res.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("cache-control"));
+//!             for (name, value) in finish.headers(res.status, has_cache_control) {
+//!                 // `connection: close` (draining) replaces the handler's own.
+//!                 if name == "connection" {
+//!                     res.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+//!                 }
+//!                 res.headers.push((name.to_owned(), value.to_vec()));
+//!             }
+//!             res
+//!         }
+//!         Action::Answer(answer) => {
+//!             // Here a streaming server reads and drops
+//!             // `answer.body_to_read()` bytes of the request body first.
+//!             let headers = answer.headers().map(|(n, v)| (n.to_owned(), v.to_vec())).collect();
+//!             MyResponse { status: answer.status(), headers, body: Vec::new() }
+//!         }
+//!     }
+//! }
+//!
+//! let sticky = Sticky::builder().build(Env::machine("148ed599c14189"))?;
+//! let get = |cookie: &str| MyRequest {
+//!     method: "GET".into(),
+//!     target: "/cart?page=2".into(),
+//!     headers: vec![("Cookie".into(), cookie.as_bytes().to_vec())],
+//! };
+//!
+//! // Pinned to another Machine: the handler does not run.
+//! let res = serve(&sticky, get("fly-machine-id=90801679a10038"));
+//! assert_eq!(res.status, 307);
+//! assert_eq!(res.headers, [("fly-replay".to_owned(), b"prefer_instance=90801679a10038".to_vec())]);
+//! assert!(res.body.is_empty());
+//!
+//! // A first visit is served here and pinned here.
+//! let res = serve(&sticky, get("theme=dark"));
+//! assert_eq!((res.status, &res.body[..]), (200, &b"hello"[..]));
+//! let names: Vec<&str> = res.headers.iter().map(|(n, _)| n.as_str()).collect();
+//! assert_eq!(names, ["set-cookie", "cache-control"]);
+//! assert!(res.headers[0].1.starts_with(b"fly-machine-id=148ed599c14189;"));
+//!
+//! // Draining: pinned-here requests go elsewhere, and the connection closes.
+//! sticky.drain();
+//! let res = serve(&sticky, get("fly-machine-id=148ed599c14189"));
+//! assert_eq!(res.status, 307);
+//! assert_eq!(res.headers, [
+//!     ("fly-replay".to_owned(), b"elsewhere=true".to_vec()),
+//!     ("connection".to_owned(), b"close".to_vec()),
+//! ]);
+//! # Ok::<(), sticky_core::ConfigError>(())
+//! ```
+//!
 //! # Fly's replay cache
 //!
 //! With a `replay_cache` rule in `fly.toml` keyed by the pin cookie (or a

@@ -10,6 +10,8 @@ use std::ops::ControlFlow;
 /// header in order (several `Cookie` fields are legal).
 ///
 /// The trait is dyn-compatible, so predicates can take `&dyn RequestView`.
+/// [On request types of your own](crate#on-request-types-of-your-own) maps a
+/// whole decision onto a request and response type of one's own.
 ///
 /// ```
 /// use std::ops::ControlFlow;

@@ -8,13 +8,14 @@ mod conformance_matrix;
 mod demo;
 mod fuzz;
 mod machine;
+mod msrv;
 mod soak;
 mod socketio;
 
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
-  ci            fmt check, clippy -D warnings, every test, docs (what CI runs)
+  ci            fmt check, clippy -D warnings, every test, docs, rust-version check, cargo package (what CI runs)
   conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
   fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
@@ -23,8 +24,9 @@ tasks:
   socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)";
 
 /// The frameworks, in matrix order. An adapter is present when its example
-/// package exists in the workspace.
-pub(crate) const FRAMEWORKS: [&str; 5] = ["axum", "actix-web", "warp", "rocket", "poem"];
+/// package exists in the workspace. `hyper` has no adapter: its example
+/// calls `sticky-core` by hand.
+pub(crate) const FRAMEWORKS: [&str; 6] = ["axum", "actix-web", "warp", "rocket", "poem", "hyper"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -118,6 +120,61 @@ pub(crate) fn build_examples(frameworks: &[&str]) -> Result<Vec<(String, PathBuf
         .collect())
 }
 
+/// `cargo package --workspace`: every published crate as users get it, each
+/// built from its `.crate` alone (the crates with `publish = false` are
+/// left out: nobody downloads them). Any warning fails, so the registry
+/// pages stay complete. `--allow-dirty` lets a work in progress run ci; CI
+/// itself runs on a clean clone.
+fn package() -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["package", "--workspace", "--allow-dirty"]);
+    for name in unpublished()? {
+        cmd.args(["--exclude", &name]);
+    }
+    let what = "cargo package --workspace --allow-dirty (published crates)";
+    eprintln!("\n==> {what}");
+    let output = cmd
+        .output()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    eprint!("{stderr}");
+    if !output.status.success() {
+        return Err(format!("{what} failed ({})", output.status));
+    }
+    let warnings: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.trim_start().starts_with("warning"))
+        .collect();
+    if warnings.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("{what} warned:\n{}", warnings.join("\n")))
+    }
+}
+
+/// The workspace's crates with `publish = false`.
+fn unpublished() -> Result<Vec<String>, String> {
+    let output = cargo()
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
+    }
+    let metadata: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| format!("cargo metadata: {e}"))?;
+    Ok(metadata["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["publish"].as_array().is_some_and(Vec::is_empty))
+        .filter_map(|p| p["name"].as_str().map(str::to_owned))
+        .collect())
+}
+
 fn ci() -> Result<(), String> {
     let mut fmt = cargo();
     fmt.args(["fmt", "--all", "--check"]);
@@ -137,6 +194,12 @@ fn ci() -> Result<(), String> {
         "cargo clippy --workspace --all-targets --all-features -- -D warnings",
         clippy,
     )?;
+
+    // Default features too: a target needing an optional feature must say
+    // so (`required-features`), not break `cargo build --all-targets`.
+    let mut check = cargo();
+    check.args(["check", "--workspace", "--all-targets"]);
+    run("cargo check --workspace --all-targets", check)?;
 
     let mut test = cargo();
     test.args(["test", "--workspace", "--all-features"]);
@@ -178,6 +241,10 @@ fn ci() -> Result<(), String> {
     doc.args(["doc", "--workspace", "--no-deps", "--all-features"])
         .env("RUSTDOCFLAGS", "-D warnings");
     run("cargo doc --workspace --no-deps --all-features", doc)?;
+
+    eprintln!("\n==> rust-version honest (cargo metadata)");
+    msrv::check()?;
+    package()?;
 
     eprintln!("\nxtask ci: all green");
     Ok(())

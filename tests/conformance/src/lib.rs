@@ -54,7 +54,7 @@ pub use scenarios::Kind;
 
 /// An adapter's way to start the contract app.
 pub trait App: Send + Sync + 'static {
-    /// The name shown in the matrix: `axum`, `actix-web`, `warp`, `rocket`, `poem`.
+    /// The name shown in the matrix: `axum`, `actix-web`, `warp`, `rocket`, `poem`, `hyper`.
     fn framework(&self) -> &'static str;
 
     /// Starts the contract app (the example's app) with this engine on

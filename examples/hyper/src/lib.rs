@@ -1,0 +1,278 @@
+//! The sticky app contract (DESIGN.md) served with plain hyper: no tower, no
+//! framework, `sticky-core` called by hand.
+//!
+//! [`respond`] is the whole integration: it asks [`Sticky::decide`] and maps
+//! the two arms of [`Decision::into_action`](sticky_core::Decision::into_action)
+//! itself. The routes are the same as every example's:
+//!
+//! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
+//!   runs on this Machine (every route but `/health`);
+//! - `GET /health` answers `ok` and is never sticky;
+//! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
+//! - `GET /ws` echoes each text message as `<id>:<message>`;
+//! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
+//!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
+//!   Fly's internal DNS, see `sticky-peers`).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use sticky_core::{Action, ConfigError, Env, KeySource, Source, Sticky};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
+
+/// The response type of every route: a whole body, or an empty one.
+pub type Res = Response<Full<Bytes>>;
+
+/// The engine with the contract's settings: defaults, `/health` excluded,
+/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
+pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
+    Sticky::builder()
+        .exclude(["/health"])
+        .sources([Source::Key, Source::Cookie, Source::Query])
+        .key_source(KeySource::Header("x-tenant-id".into()))
+        .build(env)
+}
+
+/// The contract app's state: this Machine's ID and its handler-run count.
+#[derive(Clone, Debug)]
+pub struct App {
+    machine: Arc<str>,
+    handled: Arc<AtomicU64>,
+}
+
+impl App {
+    /// The app for the Machine `sticky` runs on (`local` off Fly).
+    pub fn new(sticky: &Sticky) -> Self {
+        App {
+            machine: sticky.machine_id().unwrap_or("local").into(),
+            handled: Arc::default(),
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.handled.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The routes: what runs when sticky lets the request through.
+    pub async fn handle(&self, req: Request<Incoming>) -> Res {
+        // hyper sends no body for HEAD, so GET routes answer it too.
+        let get = matches!(*req.method(), Method::GET | Method::HEAD);
+        let post = req.method() == Method::POST;
+        match req.uri().path() {
+            "/" if get => text(format!("machine={} handled={}", self.machine, self.count())),
+            "/health" if get => text("ok"),
+            "/upload" if post => self.upload(req.into_body()).await,
+            "/ws" if get => self.websocket(req),
+            "/api/tenant" if get => self.tenant(&req),
+            "/" | "/health" | "/upload" | "/ws" | "/api/tenant" => {
+                empty(StatusCode::METHOD_NOT_ALLOWED)
+            }
+            _ => empty(StatusCode::NOT_FOUND),
+        }
+    }
+
+    fn tenant(&self, req: &Request<Incoming>) -> Res {
+        self.count();
+        let tenant = req
+            .headers()
+            .get("x-tenant-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        text(format!("machine={} tenant={tenant}", self.machine))
+    }
+
+    async fn upload(&self, mut body: Incoming) -> Res {
+        // Counted, not kept: the contract only reports the length.
+        let mut bytes = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => bytes += frame.data_ref().map_or(0, Bytes::len),
+                Err(_) => return empty(StatusCode::BAD_REQUEST),
+            }
+        }
+        self.count();
+        text(format!("machine={} bytes={bytes}", self.machine))
+    }
+
+    fn websocket(&self, mut req: Request<Incoming>) -> Res {
+        let Some(accept) = websocket_accept(&req) else {
+            return empty(StatusCode::BAD_REQUEST);
+        };
+        self.count();
+        let upgrade = hyper::upgrade::on(&mut req);
+        let machine = self.machine.clone();
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let io = TokioIo::new(upgraded);
+                echo(
+                    WebSocketStream::from_raw_socket(io, Role::Server, None).await,
+                    &machine,
+                )
+                .await;
+            }
+        });
+        let mut res = empty(StatusCode::SWITCHING_PROTOCOLS);
+        let headers = res.headers_mut();
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+        res
+    }
+}
+
+/// Answers one request: sticky decides first, then the app runs, or not.
+pub async fn respond(sticky: &Sticky, app: &App, req: Request<Incoming>) -> Res {
+    match sticky.decide(&req).into_action() {
+        // Served here: run the handler, then add the pin cookie (with
+        // `Cache-Control: private`) and, while draining, `Connection: close`.
+        Action::Run(finish) => {
+            let mut res = app.handle(req).await;
+            finish.apply(res.status(), res.headers_mut());
+            res
+        }
+        // A replay (or a refusal): the handler never runs. Read the body the
+        // proxy sent first, so the connection stays usable for its next request.
+        Action::Answer(answer) => {
+            read_and_drop(req.into_body(), answer.body_to_read()).await;
+            answer.to_response()
+        }
+    }
+}
+
+/// Reads up to `left` bytes of `body` (to its end, or an error) and drops them.
+async fn read_and_drop(mut body: Incoming, mut left: u64) {
+    while left > 0 {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, Bytes::len);
+                left = left.saturating_sub(len as u64);
+            }
+            None | Some(Err(_)) => break,
+        }
+    }
+}
+
+/// The `Sec-WebSocket-Accept` for a valid WebSocket handshake, else `None`.
+fn websocket_accept(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let headers = req.headers();
+    let has_token = |name, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+        })
+    };
+    let version = headers.get(header::SEC_WEBSOCKET_VERSION)?;
+    if !has_token(header::CONNECTION, "upgrade")
+        || !has_token(header::UPGRADE, "websocket")
+        || version != "13"
+    {
+        return None;
+    }
+    let key = headers.get(header::SEC_WEBSOCKET_KEY)?;
+    HeaderValue::from_str(&derive_accept_key(key.as_bytes())).ok()
+}
+
+async fn echo(mut socket: WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>, machine: &str) {
+    // Until the peer closes (tungstenite answers pings and the close itself).
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message {
+            let reply = format!("{machine}:{}", text.as_str());
+            if socket.send(Message::text(reply)).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+fn text(body: impl Into<String>) -> Res {
+    let mut res = Response::new(Full::new(Bytes::from(body.into())));
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn empty(status: StatusCode) -> Res {
+    let mut res = Response::new(Full::default());
+    *res.status_mut() = status;
+    res
+}
+
+/// Serves the app on `listener` (HTTP/1.1 and h2c) until `shutdown`
+/// resolves, then waits for the open requests to finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    sticky: Sticky,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = App::new(&sticky);
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    eprintln!("example-hyper: accept: {err}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let (sticky, app) = (sticky.clone(), app.clone());
+        let service = hyper::service::service_fn(move |req| {
+            let (sticky, app) = (sticky.clone(), app.clone());
+            async move { Ok::<_, Infallible>(respond(&sticky, &app, req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            // A client that goes away mid-request is not the server's error.
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C at once, or on SIGTERM after draining for `grace`.
+pub async fn shutdown_signal(sticky: Sticky, grace: Duration) {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        #[cfg(unix)]
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            term.recv().await;
+            sticky.drain();
+            tokio::time::sleep(grace).await;
+            return;
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,0 +1,37 @@
+//! The shared conformance suite against example-hyper, in process.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use conformance::{App, Instance};
+use sticky_core::Sticky;
+
+struct Hyper;
+
+impl App for Hyper {
+    fn framework(&self) -> &'static str {
+        "hyper"
+    }
+
+    fn start(&self, sticky: Sticky) -> Pin<Box<dyn Future<Output = io::Result<Instance>> + Send>> {
+        Box::pin(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let addr = listener.local_addr()?;
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(example_hyper::serve(listener, sticky, async move {
+                let _ = stopped.await;
+            }));
+            Ok(Instance::new(addr, move || {
+                let _ = stop.send(());
+            }))
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance() {
+    let report = conformance::run_in_process(Hyper).await;
+    println!("{report}");
+    report.assert_passed();
+}
