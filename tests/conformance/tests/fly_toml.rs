@@ -1,0 +1,83 @@
+//! `examples/fly.toml` agrees with the code: the replay cache rule names
+//! the pin cookie, the port is the one the examples listen on, the kill
+//! signal is the one they drain on and its timeout outlasts the drain, and
+//! the health check is a path the middleware never makes sticky.
+
+use std::time::Duration;
+
+use flysim::{CacheKeyKind, FlyToml, Signal};
+use sticky_core::{DEFAULT_COOKIE_NAME, Env, Reason};
+
+const FILE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/fly.toml");
+
+fn env_var(text: &str, name: &str) -> Option<String> {
+    let table: toml::Table = text.parse().expect("fly.toml parses");
+    Some(table.get("env")?.get(name)?.as_str()?.to_owned())
+}
+
+#[test]
+fn the_deploy_kit_agrees_with_the_code() {
+    let text = std::fs::read_to_string(FILE).expect("examples/fly.toml");
+    let file = FlyToml::parse(&text, "examples/fly.toml").expect("flysim reads it");
+
+    // The cache rule keys on the cookie the engine writes, for every path.
+    let rule = file.replay_cache.first().expect("a replay_cache rule");
+    assert_eq!(rule.kind(), CacheKeyKind::Cookie);
+    assert_eq!(rule.name(), DEFAULT_COOKIE_NAME);
+    assert_eq!(rule.path_prefix(), "/");
+
+    // The port Fly sends to is the one the examples read from PORT.
+    let port: u16 = env_var(&text, "PORT").expect("[env] PORT").parse().unwrap();
+    assert_eq!(file.internal_port, Some(port));
+
+    // SIGTERM drains (SIGINT, Fly's default, stops at once), and Fly waits
+    // longer than the drain before killing.
+    assert_eq!(file.kill_signal, Some(Signal::Term));
+    let drain: u64 = env_var(&text, "DRAIN_SECONDS")
+        .expect("[env] DRAIN_SECONDS")
+        .parse()
+        .unwrap();
+    let timeout = file.kill_timeout.expect("kill_timeout");
+    assert!(
+        timeout > Duration::from_secs(drain),
+        "kill_timeout {timeout:?} must outlast DRAIN_SECONDS={drain}"
+    );
+
+    // The health check's path is never sticky in the examples' engine.
+    let table: toml::Table = text.parse().unwrap();
+    let checks = table["http_service"]["checks"].as_array().expect("checks");
+    let sticky = conformance::contract_sticky(Env::machine("148ed599c14189")).unwrap();
+    for check in checks {
+        let path = check["path"].as_str().expect("a check path");
+        let req = http_get(path);
+        assert_eq!(sticky.decide(&req).reason(), Reason::PathExcluded, "{path}");
+    }
+}
+
+fn http_get(path: &str) -> TestRequest {
+    TestRequest(path.to_owned())
+}
+
+/// A bare `GET path`, pinned elsewhere: only an exclusion keeps it here.
+struct TestRequest(String);
+
+impl sticky_core::RequestView for TestRequest {
+    fn method(&self) -> &str {
+        "GET"
+    }
+    fn path(&self) -> &str {
+        &self.0
+    }
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn header_values<'a>(
+        &'a self,
+        name: &str,
+        each: &mut dyn FnMut(&'a [u8]) -> std::ops::ControlFlow<()>,
+    ) {
+        if name == "cookie" {
+            let _ = each(b"fly-machine-id=90801679a10038");
+        }
+    }
+}
