@@ -33,7 +33,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 
     let scenarios = conformance::scenarios();
-    let width = scenarios.iter().map(|s| s.label().len()).max().unwrap_or(10);
+    let width = scenarios
+        .iter()
+        .map(|s| s.label().len())
+        .max()
+        .unwrap_or(10);
     let mut out = format!("\n{:<width$}", "scenario");
     for fw in &wanted {
         out.push_str(&format!(" | {fw:^9}"));
