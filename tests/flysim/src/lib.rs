@@ -168,6 +168,11 @@
 //!     connection sends the preface again: closed without a byte, or not
 //!     SETTINGS, is PU01; refused, or silent for 2 s, leaves the ordinary
 //!     upstream error (the Machine may have been shutting down).
+//! 21. **Replaying a body of unknown length.** A request body without
+//!     `content-length` (HTTP/1.1 chunked, or HTTP/2, as every gRPC call)
+//!     is buffered like any other and can be replayed within the 1 MB
+//!     limit (Fly documents only the limit). An app must opt in to count on
+//!     this (`sticky_core::Builder::replay_unknown_length`).
 //!
 //! fly.toml: flysim reads `replay_cache` rules, `kill_signal` (Fly's default
 //! `SIGINT` when absent), `kill_timeout` (default 5 s), `internal_port` and
