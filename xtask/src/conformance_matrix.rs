@@ -33,7 +33,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 
     let scenarios = conformance::scenarios();
-    let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(10);
+    let width = scenarios.iter().map(|s| s.label().len()).max().unwrap_or(10);
     let mut out = format!("\n{:<width$}", "scenario");
     for fw in &wanted {
         out.push_str(&format!(" | {fw:^9}"));
@@ -43,9 +43,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     out.push('\n');
     let mut failed = 0;
     for s in &scenarios {
-        out.push_str(&format!("{:<width$}", s.name));
+        out.push_str(&format!("{:<width$}", s.label()));
         for fw in &wanted {
-            let cell = match reports.get(*fw).map(|r| r.passed(s.name)) {
+            let cell = match reports.get(*fw).map(|r| r.passed(s)) {
                 None => "missing",
                 Some(Some(true)) => "pass",
                 Some(Some(false)) => {

@@ -21,7 +21,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, Error, HttpRequest, HttpResponse, HttpServer, web};
 use actix_ws::Message;
-use sticky_actix_web::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_actix_web::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -30,12 +30,14 @@ pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
+/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
+/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

@@ -21,7 +21,7 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
 use sticky_axum::StickyLayer;
-use sticky_axum::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_axum::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -39,12 +39,14 @@ impl App {
 }
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
+/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
+/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

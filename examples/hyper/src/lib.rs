@@ -29,7 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sticky_core::{Action, ConfigError, Env, KeySource, Source, Sticky};
+use sticky_core::{Action, ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
@@ -38,12 +38,14 @@ use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
 pub type Res = Response<Full<Bytes>>;
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
+/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
+/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

@@ -45,7 +45,7 @@ use poem::web::websocket::{Message, WebSocket};
 use poem::{
     Body, Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post,
 };
-use sticky_poem::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_poem::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 
 /// The largest upload `/upload` accepts (64 MiB); larger bodies get a 413.
 pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
@@ -55,12 +55,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The engine the contract asks for: defaults, except that `/health` is
 /// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
-/// before the cookie.
+/// before the cookie; replays stay cacheable for the `replay_cache` rule of
+/// `examples/fly.toml`.
 pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

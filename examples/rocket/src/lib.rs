@@ -29,7 +29,7 @@ use rocket::request::{FromRequest, Outcome, Request};
 use rocket::tokio::{self, sync::oneshot, task::JoinHandle};
 use rocket::{Build, Ignite, Rocket, Shutdown, State, get, post, routes};
 use rocket_ws::{Channel, Message, WebSocket};
-use sticky_rocket::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_rocket::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 
 /// The largest upload `POST /upload` accepts (Rocket's `bytes` data limit is
 /// raised to this; its default is 8 MiB).
@@ -37,12 +37,14 @@ pub const UPLOAD_LIMIT: ByteUnit = ByteUnit::Mebibyte(32);
 
 /// The engine of the app contract: defaults, except that `/health` is
 /// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
-/// before the cookie.
+/// before the cookie; replays stay cacheable for the `replay_cache` rule of
+/// `examples/fly.toml`.
 pub fn engine(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use sticky_warp::StickyWrap;
-use sticky_warp::sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_warp::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::ws::{Message, WebSocket, Ws};
@@ -42,12 +42,14 @@ impl App {
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// and tenants (`x-tenant-id`) pinned by key affinity before the cookie.
+/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
+/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.into()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 

@@ -715,8 +715,10 @@ pub async fn websocket_echo(
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("connect: {e}"))?;
+        // The hostname the HTTP requests use: a browser's page and its
+        // socket share one, and Fly's replay cache is per hostname.
         let mut request = tungstenite::client::IntoClientRequest::into_client_request(format!(
-            "ws://{addr}{path}"
+            "ws://app.test{path}"
         ))
         .map_err(|e| format!("ws request: {e}"))?;
         if let Some(cookie) = cookie {

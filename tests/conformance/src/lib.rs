@@ -7,8 +7,12 @@
 //! and whether the handler ran) and through [flysim] with 3 Machines
 //! (stickiness across many requests, WebSocket reconnects, a destroyed,
 //! stopped or draining Machine, uploads over 1 MB), with adversarial inputs
-//! throughout. `cargo xtask conformance` runs the same scenarios against
-//! the examples' release binaries as real processes ([`run_processes`]).
+//! throughout. Every cluster scenario runs twice: without and with Fly's
+//! replay cache (flysim with the rules of `examples/fly.toml`: the pin
+//! cookie on `/`, plus `x-tenant-id` on `/api/tenant`), and the
+//! [`Kind::Cache`] scenarios check what the cache itself changes. `cargo
+//! xtask conformance` runs the same scenarios against the examples' release
+//! binaries as real processes ([`run_processes`]).
 //!
 //! ```no_run
 //! use std::{future::Future, io, pin::Pin};
@@ -43,7 +47,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use flysim::Instance;
-use sticky_core::{ConfigError, Env, KeySource, Source, Sticky};
+use sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
 
 pub mod binary;
 pub mod client;
@@ -67,12 +71,15 @@ pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// The engine every example builds: the defaults with `/health` excluded,
 /// plus key affinity on the `x-tenant-id` header, consulted first (its live
-/// set comes from `STICKY_PEERS` or Fly's DNS, see `sticky-peers`).
+/// set comes from `STICKY_PEERS` or Fly's DNS, see `sticky-peers`), and
+/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`
+/// ([`ReplayCache::Session`]; harmless where no cache is configured).
 pub fn contract_sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.to_owned()))
+        .replay_cache(ReplayCache::Session)
         .build(env)
 }
 
@@ -83,18 +90,43 @@ pub struct ScenarioInfo {
     pub name: &'static str,
     /// What it shows, in one line.
     pub purpose: &'static str,
-    /// Direct or through flysim.
+    /// Direct, through flysim, or through flysim with its replay cache.
     pub kind: Kind,
+    /// Whether this run had flysim's replay cache on (cluster scenarios run
+    /// both ways).
+    pub replay_cache: bool,
 }
 
-/// Every scenario, in run order.
+impl ScenarioInfo {
+    /// The name, with ` +cache` for the run with the replay cache on.
+    pub fn label(&self) -> String {
+        if self.replay_cache && self.kind == Kind::Cluster {
+            format!("{} +cache", self.name)
+        } else {
+            self.name.to_owned()
+        }
+    }
+}
+
+/// Every scenario run, in run order: direct scenarios once, cluster
+/// scenarios without and then with the replay cache, cache scenarios once.
 pub fn scenarios() -> Vec<ScenarioInfo> {
-    scenarios::all()
-        .into_iter()
-        .map(|s| ScenarioInfo {
+    scenarios::all().iter().flat_map(runs).collect()
+}
+
+fn runs(s: &scenarios::Scenario) -> Vec<ScenarioInfo> {
+    let caches: &[bool] = match s.kind {
+        Kind::Direct => &[false],
+        Kind::Cluster => &[false, true],
+        Kind::Cache => &[true],
+    };
+    caches
+        .iter()
+        .map(|&replay_cache| ScenarioInfo {
             name: s.name,
             purpose: s.purpose,
             kind: s.kind,
+            replay_cache,
         })
         .collect()
 }
@@ -125,11 +157,11 @@ impl Report {
         self.outcomes.iter().filter(|o| o.result.is_err()).collect()
     }
 
-    /// Whether `scenario` passed (`None` if it did not run).
-    pub fn passed(&self, scenario: &str) -> Option<bool> {
+    /// Whether the run of `scenario` passed (`None` if it did not run).
+    pub fn passed(&self, scenario: &ScenarioInfo) -> Option<bool> {
         self.outcomes
             .iter()
-            .find(|o| o.scenario.name == scenario)
+            .find(|o| o.scenario == *scenario)
             .map(|o| o.result.is_ok())
     }
 
@@ -147,7 +179,7 @@ impl Report {
                 .iter()
                 .map(|o| format!(
                     "- {} ({}): {}",
-                    o.scenario.name,
+                    o.scenario.label(),
                     o.scenario.purpose,
                     o.result.as_ref().err().map_or("", String::as_str)
                 ))
@@ -164,8 +196,8 @@ impl fmt::Display for Report {
             let mark = if o.result.is_ok() { "pass" } else { "FAIL" };
             writeln!(
                 f,
-                "  {mark}  {:<40} {:>6} ms",
-                o.scenario.name,
+                "  {mark}  {:<46} {:>6} ms",
+                o.scenario.label(),
                 o.elapsed.as_millis()
             )?;
             if let Err(e) = &o.result {
@@ -199,23 +231,24 @@ pub async fn run_processes(framework: &str, binary: PathBuf) -> Report {
 }
 
 async fn run(framework: String, deploy: Arc<dyn deploy::Deploy>) -> Report {
-    let ctx = scenarios::Env0 { deploy };
     let mut outcomes = Vec::new();
     for s in scenarios::all() {
-        let started = Instant::now();
-        let result = match tokio::time::timeout(SCENARIO_TIMEOUT, (s.run)(&ctx)).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("timed out after {SCENARIO_TIMEOUT:?}")),
-        };
-        outcomes.push(Outcome {
-            scenario: ScenarioInfo {
-                name: s.name,
-                purpose: s.purpose,
-                kind: s.kind,
-            },
-            result,
-            elapsed: started.elapsed(),
-        });
+        for scenario in runs(&s) {
+            let ctx = scenarios::Env0 {
+                deploy: deploy.clone(),
+                replay_cache: scenario.replay_cache,
+            };
+            let started = Instant::now();
+            let result = match tokio::time::timeout(SCENARIO_TIMEOUT, (s.run)(&ctx)).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("timed out after {SCENARIO_TIMEOUT:?}")),
+            };
+            outcomes.push(Outcome {
+                scenario,
+                result,
+                elapsed: started.elapsed(),
+            });
+        }
     }
     Report {
         framework,

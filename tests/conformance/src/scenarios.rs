@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flysim::{Config, FlySim, Launch};
+use flysim::{Config, FlySim, Launch, ReplayCacheRule, ReplayCacheStats};
 use sticky_core::{Env, Peer, PeerSet};
 
 use crate::TENANT_HEADER;
@@ -26,8 +26,11 @@ pub(crate) const OTHER: &str = "90801679a10038";
 pub enum Kind {
     /// Against one Machine directly: exact statuses, headers and handler runs.
     Direct,
-    /// Through flysim with 3 Machines.
+    /// Through flysim with 3 Machines, run without and with the replay cache.
     Cluster,
+    /// Through flysim with 3 Machines and the replay cache on: what the
+    /// cache changes (hits, invalidations, the hops saved).
+    Cache,
 }
 
 type Fut<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
@@ -39,9 +42,25 @@ pub(crate) struct Scenario {
     pub(crate) run: for<'a> fn(&'a Env0) -> Fut<'a>,
 }
 
-/// What a scenario gets: a way to start Machines.
+/// What a scenario gets: a way to start Machines, and whether flysim runs
+/// with the replay cache rules of `examples/fly.toml`.
 pub(crate) struct Env0 {
     pub(crate) deploy: Arc<dyn Deploy>,
+    pub(crate) replay_cache: bool,
+}
+
+/// How long cache entries live in the cache runs (as in `examples/fly.toml`).
+const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// The replay cache rules of the cache runs: the pin cookie on `/` (the rule
+/// `examples/fly.toml` ships) and the tenant header on `/api/tenant`.
+fn cache_rules() -> Result<[ReplayCacheRule; 2], String> {
+    let cookie = ReplayCacheRule::cookie("/", "fly-machine-id", CACHE_TTL);
+    let tenant = ReplayCacheRule::header("/api/tenant", TENANT_HEADER, CACHE_TTL);
+    match (cookie, tenant) {
+        (Ok(c), Ok(t)) => Ok([c, t]),
+        (Err(e), _) | (_, Err(e)) => Err(format!("cache rule: {e}")),
+    }
 }
 
 macro_rules! ensure {
@@ -62,6 +81,8 @@ macro_rules! scenario {
         }
     };
 }
+
+mod cache;
 
 /// A running cluster with drain switches per Machine.
 pub(crate) struct Cluster {
@@ -93,12 +114,17 @@ impl Cluster {
                 Ok(instance)
             }
         });
-        let config = Config::default()
+        let mut config = Config::default()
             .machines(machines)
             .admin_addr(None)
             .quiet(true)
             .dead_target_delay(Duration::from_millis(300))
             .ready_timeout(Duration::from_secs(30));
+        if ctx.replay_cache {
+            for rule in cache_rules()? {
+                config = config.replay_cache(rule);
+            }
+        }
         let sim = FlySim::start(config, launch)
             .await
             .map_err(|e| format!("flysim did not start: {e}"))?;
@@ -120,6 +146,15 @@ impl Cluster {
 
     fn front(&self) -> SocketAddr {
         self.sim.front_addr()
+    }
+
+    /// Replays the apps answered, over every Machine.
+    fn replays(&self) -> u64 {
+        self.sim.machines().iter().map(|m| m.replays_sent).sum()
+    }
+
+    fn cache(&self) -> ReplayCacheStats {
+        self.sim.replay_cache_stats()
     }
 
     fn drain(&self, id: &str) -> Result<(), String> {
@@ -294,6 +329,12 @@ fn ws_request(path: &str) -> Request {
 }
 
 pub(crate) fn all() -> Vec<Scenario> {
+    let mut all = uncached();
+    all.extend(cache::all());
+    all
+}
+
+fn uncached() -> Vec<Scenario> {
     vec![
         scenario!(
             "first-visit-pins",
