@@ -169,7 +169,8 @@ pub fn server(listener: std::net::TcpListener, sticky: Sticky) -> io::Result<Ser
     Ok(HttpServer::new(move || contract.app())
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-        .listen(listener)?
+        // HTTP/1.1 and h2c with prior knowledge on one port (Fly's h2_backend).
+        .listen_auto_h2c(listener)?
         .run())
 }
 
