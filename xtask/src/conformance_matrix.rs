@@ -1,11 +1,67 @@
-//! `cargo xtask conformance`: every example in release, each as real
-//! processes behind flysim, and a scenario x framework matrix.
+//! `cargo xtask conformance [--h2] [framework...]`: every example in
+//! release, each as real processes behind flysim, and a scenario x
+//! framework matrix. With `--h2`, flysim speaks h2c to the Machines
+//! (`h2_backend`) and the matrix is that of [`conformance::Backend::H2c`]:
+//! the cluster and cache scenarios over h2c plus the `h2c-*` scenarios; a
+//! framework whose example does not speak h2c is shown as "no h2c", never
+//! left out.
 
 use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use conformance::Backend;
 
 use crate::{FRAMEWORKS, build_examples};
 
+/// How each framework's example speaks h2c (HTTP/2 with prior knowledge)
+/// on its plain port, as an app behind Fly's `h2_backend` must. `--h2`
+/// probes every example first: one listed here that does not answer over
+/// h2c fails; a framework not listed is shown as "no h2c" with what the
+/// probe saw.
+const H2C: [(&str, &str); 6] = [
+    ("axum", "axum::serve with the http2 feature"),
+    ("actix-web", "HttpServer::listen_auto_h2c (http2 feature)"),
+    ("warp", "warp::serve (hyper-util's auto builder)"),
+    ("rocket", "the http2 feature (hyper-util's auto builder)"),
+    ("poem", "poem::Server (hyper-util's auto builder)"),
+    ("hyper", "hyper-util's auto connection builder"),
+];
+
+/// Whether `curl` runs here; if not, tries to install it with apt (the
+/// `h2c-curl-*` scenario falls back to hyper's h2c client without it).
+fn ensure_curl() {
+    let runs = || {
+        Command::new("curl")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if runs() {
+        return;
+    }
+    eprintln!("==> curl not found: apt-get install -y curl");
+    let installed = Command::new("apt-get")
+        .args(["install", "-y", "curl"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !installed || !runs() {
+        eprintln!(
+            "    curl is still missing: h2c-curl-split-cookie-through-flysim sends its request with hyper's h2c client"
+        );
+    }
+}
+
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
+    let backend = if args.iter().any(|a| a == "--h2") {
+        Backend::H2c
+    } else {
+        Backend::Http1
+    };
+    if let Some(bad) = args.iter().find(|a| a.starts_with('-') && *a != "--h2") {
+        return Err(format!("unknown option {bad:?} (expected --h2)"));
+    }
     let only: Vec<&str> = args
         .iter()
         .map(String::as_str)
@@ -17,11 +73,38 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .filter(|fw| only.is_empty() || only.contains(fw))
         .collect();
     let binaries = build_examples(&wanted)?;
+    if backend == Backend::H2c {
+        ensure_curl();
+    }
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
     let mut reports = BTreeMap::new();
+    let mut no_h2c: BTreeMap<String, String> = BTreeMap::new();
+    let mut lost_h2c = Vec::new();
     for (framework, binary) in binaries {
-        eprintln!("\n==> conformance: {framework} ({})", binary.display());
-        let report = runtime.block_on(conformance::run_processes(&framework, binary));
+        eprintln!(
+            "\n==> conformance: {framework} ({}), to the Machines: {backend}",
+            binary.display()
+        );
+        if backend == Backend::H2c {
+            let how = H2C.iter().find(|(fw, _)| *fw == framework).map(|(_, h)| *h);
+            match runtime.block_on(conformance::binary_speaks_h2c(binary.clone())) {
+                Ok(()) => eprintln!(
+                    "    speaks h2c: {}",
+                    how.unwrap_or("(not in xtask's H2C table: add it)")
+                ),
+                Err(e) if how.is_some() => {
+                    eprintln!("  FAIL {framework} should speak h2c but does not: {e}");
+                    lost_h2c.push(format!("{framework} ({e})"));
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("    no h2c: {e}");
+                    no_h2c.insert(framework, e);
+                    continue;
+                }
+            }
+        }
+        let report = runtime.block_on(conformance::run_processes_over(&framework, binary, backend));
         for failure in report.failures() {
             eprintln!(
                 "  FAIL {}: {}",
@@ -32,8 +115,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         reports.insert(framework, report);
     }
 
-    let scenarios = conformance::scenarios();
-    let width = scenarios.iter().map(|s| s.label().len()).max().unwrap_or(10);
+    let scenarios = conformance::scenarios_over(backend);
+    let width = scenarios
+        .iter()
+        .map(|s| s.label().len())
+        .max()
+        .unwrap_or(10);
     let mut out = format!("\n{:<width$}", "scenario");
     for fw in &wanted {
         out.push_str(&format!(" | {fw:^9}"));
@@ -46,6 +133,11 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         out.push_str(&format!("{:<width$}", s.label()));
         for fw in &wanted {
             let cell = match reports.get(*fw).map(|r| r.passed(s)) {
+                None if no_h2c.contains_key(*fw) => "no h2c",
+                None if lost_h2c.iter().any(|l| l.starts_with(&format!("{fw} "))) => {
+                    failed += 1;
+                    "FAIL"
+                }
                 None => "missing",
                 Some(Some(true)) => "pass",
                 Some(Some(false)) => {
@@ -63,9 +155,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .copied()
         .filter(|fw| !reports.contains_key(*fw))
         .collect();
+    let missing: Vec<&str> = missing
+        .into_iter()
+        .filter(|fw| {
+            !no_h2c.contains_key(*fw) && !lost_h2c.iter().any(|l| l.starts_with(&format!("{fw} ")))
+        })
+        .collect();
     println!("{out}");
+    if backend == Backend::H2c {
+        println!(
+            "over h2c: flysim speaks h2c to the Machines (h2_backend); the client speaks HTTP/1.1 to flysim \
+             (h2c in the h2c-* scenarios); WebSocket upgrades reach the Machines over HTTP/1.1; the direct \
+             HTTP/1.1 scenarios are in the plain run"
+        );
+    }
     println!(
-        "{} scenarios x {} frameworks: {} failed{}",
+        "{} scenarios x {} frameworks: {} failed{}{}{}",
         scenarios.len(),
         wanted.len(),
         failed,
@@ -73,8 +178,22 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             String::new()
         } else {
             format!("; missing (no adapter yet): {}", missing.join(", "))
+        },
+        if no_h2c.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = no_h2c.iter().map(|(fw, e)| format!("{fw} ({e})")).collect();
+            format!("; no h2c: {}", list.join(", "))
+        },
+        if lost_h2c.is_empty() {
+            String::new()
+        } else {
+            format!("; should speak h2c but do not: {}", lost_h2c.join(", "))
         }
     );
+    if !lost_h2c.is_empty() && failed == 0 {
+        return Err(format!("{} example(s) lost h2c", lost_h2c.len()));
+    }
     if failed > 0 {
         return Err(format!("{failed} scenario(s) failed"));
     }

@@ -315,6 +315,22 @@ pub async fn run_processes_over(framework: &str, binary: PathBuf, backend: Backe
     .await
 }
 
+/// Whether `binary` (an example app) speaks h2c with prior knowledge on its
+/// port, as an app behind `h2_backend` must: started once as a Machine, it
+/// must answer `GET /health` over h2c. `Err` says what happened instead
+/// (`cargo xtask conformance --h2` shows such a framework as "no h2c").
+pub async fn binary_speaks_h2c(binary: PathBuf) -> Result<(), String> {
+    use deploy::Deploy as _;
+    let process = deploy::Process { binary };
+    let (instance, _drain) = process
+        .launch(Env::machine("148ed599c14189"), None)
+        .await
+        .map_err(|e| format!("the binary did not start: {e}"))?;
+    let answered = scenarios::h2::answers_h2c(instance.addr()).await;
+    drop(instance);
+    answered
+}
+
 async fn run(framework: String, deploy: Arc<dyn deploy::Deploy>, backend: Backend) -> Report {
     let mut outcomes = Vec::new();
     for s in scenario_list(backend) {

@@ -83,6 +83,35 @@ async fn a_replay_is_followed_over_h2c() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_with_a_timeout_gets_a_connection_of_its_own_over_h2c() {
+    let app = App::echo().speaking_h2c();
+    let sim = start(h2_config(), &app).await;
+    let ids = sim.machine_ids();
+    let (first, target) = (ids[0].clone(), ids[1].clone());
+    let to = target.clone();
+    let long = "x".repeat(200_000);
+    let body = long.clone();
+    app.set_handler(move |s| {
+        if s.machine == to {
+            Reply::ok(format!("machine={} {body}", s.machine))
+        } else {
+            Reply::replay(&format!("instance={to};timeout=5s"))
+        }
+    });
+    let req = Request::get(sim.url())
+        .header("fly-force-instance-id", &first)
+        .body(full_body(Bytes::new()))
+        .unwrap();
+    let resp = send_h2(req).await;
+    assert_eq!(resp.status, StatusCode::OK, "{}", resp.text());
+    // The whole response arrives, though the connection made for it is
+    // not kept.
+    assert_eq!(resp.text(), format!("machine={target} {long}"));
+    assert!(app.seen().iter().all(|s| s.version == Version::HTTP_2));
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_h2_backend_the_machines_get_http1_even_from_an_h2_client() {
     let app = App::echo().speaking_h2c();
     let sim = start(config(), &app).await;

@@ -169,6 +169,14 @@ async fn curl_split_cookie(
     }
 }
 
+/// Whether the app at `addr` answers `GET /health` over h2c with prior
+/// knowledge (`Err` says what happened instead).
+pub(crate) async fn answers_h2c(addr: SocketAddr) -> Result<(), String> {
+    let res = h2c(addr, "GET", "/health", &[], chunked(&[])).await?;
+    ensure!(res.status == 200, "GET /health over h2c: {}", res.summary());
+    Ok(())
+}
+
 pub(crate) fn all() -> Vec<Scenario> {
     vec![
         scenario!(
