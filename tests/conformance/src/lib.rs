@@ -254,7 +254,11 @@ impl fmt::Display for Report {
             .outcomes
             .first()
             .map_or(Backend::Http1, |o| o.scenario.backend);
-        writeln!(f, "conformance: {} (to the Machines: {backend})", self.framework)?;
+        writeln!(
+            f,
+            "conformance: {} (to the Machines: {backend})",
+            self.framework
+        )?;
         for o in &self.outcomes {
             let mark = if o.result.is_ok() { "pass" } else { "FAIL" };
             writeln!(
