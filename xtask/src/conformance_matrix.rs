@@ -13,18 +13,25 @@ use conformance::Backend;
 
 use crate::{FRAMEWORKS, build_examples};
 
-/// How each framework's example speaks h2c (HTTP/2 with prior knowledge)
-/// on its plain port, as an app behind Fly's `h2_backend` must. `--h2`
-/// probes every example first: one listed here that does not answer over
-/// h2c fails; a framework not listed is shown as "no h2c" with what the
-/// probe saw.
-const H2C: [(&str, &str); 6] = [
-    ("axum", "axum::serve with the http2 feature"),
-    ("actix-web", "HttpServer::listen_auto_h2c (http2 feature)"),
-    ("warp", "warp::serve (hyper-util's auto builder)"),
-    ("rocket", "the http2 feature (hyper-util's auto builder)"),
-    ("poem", "poem::Server (hyper-util's auto builder)"),
-    ("hyper", "hyper-util's auto connection builder"),
+/// Whether each framework's example speaks h2c (HTTP/2 with prior
+/// knowledge) on its plain port, as an app behind Fly's `h2_backend` must:
+/// `Ok(how)`, or `Err(why not)`. `--h2` probes every example first: one
+/// that should and does not answer over h2c fails; one that cannot is shown
+/// as "no h2c" with the reason (so is a framework missing here whose example
+/// does not answer).
+const H2C: [(&str, Result<&str, &str>); 6] = [
+    ("axum", Ok("axum::serve with the http2 feature")),
+    (
+        "actix-web",
+        Ok("HttpServer::listen_auto_h2c (http2 feature)"),
+    ),
+    ("warp", Ok("warp::serve (hyper-util's auto builder)")),
+    (
+        "rocket",
+        Ok("the http2 feature (hyper-util's auto builder)"),
+    ),
+    ("poem", Ok("poem::Server (hyper-util's auto builder)")),
+    ("hyper", Ok("hyper-util's auto connection builder")),
 ];
 
 /// Whether `curl` runs here; if not, tries to install it with apt (the
@@ -50,6 +57,25 @@ fn ensure_curl() {
         eprintln!(
             "    curl is still missing: h2c-curl-split-cookie-through-flysim sends its request with hyper's h2c client"
         );
+    }
+}
+
+/// One cell of the matrix: the scenario's outcome in `report`, or why the
+/// framework has none (`no_h2c`: its example does not speak h2c and is not
+/// expected to; `lost_h2c`: it should and does not, a failure).
+fn cell(
+    report: Option<&conformance::Report>,
+    no_h2c: bool,
+    lost_h2c: bool,
+    scenario: &conformance::ScenarioInfo,
+) -> &'static str {
+    match report.map(|r| r.passed(scenario)) {
+        None if lost_h2c => "FAIL",
+        None if no_h2c => "no h2c",
+        None => "missing",
+        Some(Some(true)) => "pass",
+        Some(Some(false)) => "FAIL",
+        Some(None) => "not run",
     }
 }
 
@@ -86,18 +112,29 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             binary.display()
         );
         if backend == Backend::H2c {
-            let how = H2C.iter().find(|(fw, _)| *fw == framework).map(|(_, h)| *h);
-            match runtime.block_on(conformance::binary_speaks_h2c(binary.clone())) {
-                Ok(()) => eprintln!(
-                    "    speaks h2c: {}",
-                    how.unwrap_or("(not in xtask's H2C table: add it)")
-                ),
-                Err(e) if how.is_some() => {
+            let declared = H2C.iter().find(|(fw, _)| *fw == framework).map(|(_, h)| *h);
+            let probe = runtime.block_on(conformance::binary_speaks_h2c(binary.clone()));
+            match (declared, probe) {
+                (Some(Ok(how)), Ok(())) => eprintln!("    speaks h2c: {how}"),
+                (None, Ok(())) => {
+                    eprintln!("    speaks h2c (add {framework} to xtask's H2C table)")
+                }
+                (Some(Ok(_)), Err(e)) => {
                     eprintln!("  FAIL {framework} should speak h2c but does not: {e}");
                     lost_h2c.push(format!("{framework} ({e})"));
                     continue;
                 }
-                Err(e) => {
+                (Some(Err(why)), probe) => {
+                    if probe.is_ok() {
+                        eprintln!(
+                            "    answers over h2c after all: update xtask's H2C table ({why})"
+                        );
+                    }
+                    eprintln!("    no h2c: {why}");
+                    no_h2c.insert(framework, why.to_owned());
+                    continue;
+                }
+                (None, Err(e)) => {
                     eprintln!("    no h2c: {e}");
                     no_h2c.insert(framework, e);
                     continue;
@@ -132,20 +169,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     for s in &scenarios {
         out.push_str(&format!("{:<width$}", s.label()));
         for fw in &wanted {
-            let cell = match reports.get(*fw).map(|r| r.passed(s)) {
-                None if no_h2c.contains_key(*fw) => "no h2c",
-                None if lost_h2c.iter().any(|l| l.starts_with(&format!("{fw} "))) => {
-                    failed += 1;
-                    "FAIL"
-                }
-                None => "missing",
-                Some(Some(true)) => "pass",
-                Some(Some(false)) => {
-                    failed += 1;
-                    "FAIL"
-                }
-                Some(None) => "not run",
-            };
+            let cell = cell(
+                reports.get(*fw),
+                no_h2c.contains_key(*fw),
+                lost_h2c.iter().any(|l| l.starts_with(&format!("{fw} "))),
+                s,
+            );
+            if cell == "FAIL" {
+                failed += 1;
+            }
             out.push_str(&format!(" | {cell:^9}"));
         }
         out.push('\n');
@@ -198,4 +230,44 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         return Err(format!("{failed} scenario(s) failed"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_framework_without_h2c_is_marked_never_left_blank() {
+        let scenario = conformance::scenarios_over(Backend::H2c)
+            .into_iter()
+            .find(|s| s.name.starts_with("h2c-"))
+            .expect("the h2c scenarios are in the h2c run");
+        assert_eq!(cell(None, true, false, &scenario), "no h2c");
+        assert_eq!(cell(None, false, true, &scenario), "FAIL");
+        assert_eq!(cell(None, false, false, &scenario), "missing");
+        let report = conformance::Report {
+            framework: "x".into(),
+            outcomes: vec![conformance::Outcome {
+                scenario,
+                result: Err("no".into()),
+                elapsed: std::time::Duration::ZERO,
+            }],
+        };
+        assert_eq!(cell(Some(&report), false, false, &scenario), "FAIL");
+    }
+
+    #[test]
+    fn every_framework_says_how_it_speaks_h2c_or_why_not() {
+        for fw in FRAMEWORKS {
+            let (_, said) = H2C
+                .iter()
+                .find(|(f, _)| *f == fw)
+                .unwrap_or_else(|| panic!("{fw} is not in H2C"));
+            let text = match said {
+                Ok(how) => how,
+                Err(why) => why,
+            };
+            assert!(!text.is_empty(), "{fw}: say how, or why not");
+        }
+    }
 }

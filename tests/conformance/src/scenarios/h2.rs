@@ -315,4 +315,24 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
     }
+
+    #[tokio::test]
+    async fn an_http1_only_server_does_not_pass_for_h2c() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut buf = [0u8; 64];
+                let _ = stream.read(&mut buf).await;
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 505 HTTP Version Not Supported\r\ncontent-length: 0\r\n\r\n",
+                    )
+                    .await;
+            }
+        });
+        let err = super::answers_h2c(addr).await.unwrap_err();
+        assert!(err.contains(&addr.to_string()), "{err}");
+    }
 }
