@@ -12,8 +12,13 @@ impl Sticky {
     /// Row 6: the declared length of a body that can be replayed (0 for
     /// none), or why it cannot.
     pub(crate) fn body_length<V: RequestView>(&self, req: &V) -> Result<u64, BodyProblem> {
+        let unknown = if self.inner.replay_unknown_length {
+            Ok(0)
+        } else {
+            Err(BodyProblem::UnknownLength)
+        };
         if req.has_header("transfer-encoding") {
-            return Err(BodyProblem::UnknownLength);
+            return unknown;
         }
         let mut length: Option<u64> = None;
         let mut malformed = false;
@@ -35,9 +40,7 @@ impl Sticky {
         match length {
             Some(n) if n > self.inner.body_limit => Err(BodyProblem::TooLarge),
             Some(n) => Ok(n),
-            None if matches!(req.method(), "POST" | "PUT" | "PATCH") => {
-                Err(BodyProblem::UnknownLength)
-            }
+            None if matches!(req.method(), "POST" | "PUT" | "PATCH") => unknown,
             None => Ok(0),
         }
     }

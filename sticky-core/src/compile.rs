@@ -239,6 +239,7 @@ impl Builder {
                 unavailable: self.unavailable,
                 large_body: self.large_body,
                 body_limit: self.body_limit,
+                replay_unknown_length: self.replay_unknown_length,
                 include,
                 exclude,
                 skip_methods: self.skip_methods,

@@ -446,6 +446,7 @@ pub struct Builder {
     pub(crate) unavailable: Unavailable,
     pub(crate) large_body: LargeBody,
     pub(crate) body_limit: u64,
+    pub(crate) replay_unknown_length: bool,
     pub(crate) include: Vec<String>,
     pub(crate) exclude: Vec<String>,
     pub(crate) skip_methods: Vec<String>,
@@ -482,6 +483,7 @@ impl Default for Builder {
             unavailable: Unavailable::Repin,
             large_body: LargeBody::ServeHere,
             body_limit: MAX_REPLAY_BODY,
+            replay_unknown_length: false,
             include: Vec::new(),
             exclude: Vec::new(),
             skip_methods: Vec::new(),
@@ -671,6 +673,21 @@ impl Builder {
     /// The largest body that may be replayed (default and maximum 1 MB).
     pub fn body_limit(mut self, bytes: u64) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// Whether a body of unknown length (`Transfer-Encoding: chunked`, or
+    /// HTTP/2 without `content-length` on `POST`/`PUT`/`PATCH`, as every
+    /// gRPC call is) may be replayed. Default `false`: such a request is
+    /// row 6 (the [`LargeBody`] policy), since Fly documents only that a
+    /// body over 1 MB cannot be replayed, and a replay it cannot honour
+    /// fails the request. Turn it on for gRPC and other HTTP/2 APIs whose
+    /// bodies stay small: the proxy buffers the body to replay it, and one
+    /// over 1 MB then fails at the proxy (PA01) instead of being served
+    /// here. Whether Fly replays a body of unknown length is unconfirmed
+    /// (flysim does, within 1 MB).
+    pub fn replay_unknown_length(mut self, on: bool) -> Self {
+        self.replay_unknown_length = on;
         self
     }
 

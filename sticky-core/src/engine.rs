@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub(crate) unavailable: Unavailable,
     pub(crate) large_body: LargeBody,
     pub(crate) body_limit: u64,
+    /// Bodies of unknown length may be replayed.
+    pub(crate) replay_unknown_length: bool,
     pub(crate) include: Option<PathSet>,
     pub(crate) exclude: Option<PathSet>,
     pub(crate) skip_methods: Vec<String>,

@@ -47,7 +47,7 @@
 //! | 3 | no valid target | `SetCookie(S)` |
 //! | 4 | T == S | `Stick` (`SetCookie` when a refresh is due) |
 //! | 5 | T != S, request already replayed (`fly-replay-src`, `fly-replay-failed`, `fly-preferred-instance-unavailable`, `fly-replay-cache-status` other than `hit` and `bypass`) | [`Unavailable`] policy: re-pin here, or 503 |
-//! | 6 | T != S, body cannot be replayed (over 1 MB, or unknown length) | [`LargeBody`] policy: serve here, or 413 |
+//! | 6 | T != S, body cannot be replayed (over 1 MB, or unknown length unless [`Builder::replay_unknown_length`]) | [`LargeBody`] policy: serve here, or 413 |
 //! | 7 | T != S | `Replay` with `fly-replay: prefer_instance=T` (307) |
 //! | 8 | draining | new and pinned-here requests `Replay` with `elsewhere=true` |
 //!

@@ -17,6 +17,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 tasks:
   ci            fmt check, clippy -D warnings, every test, docs, rust-version check, cargo package (what CI runs)
   conformance   every example in release as 3 Machines behind flysim; scenario x framework matrix
+                (--h2: flysim speaks h2c to the Machines, plus the h2c client scenarios)
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
   fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
   bench [--quick] middleware on/off A/B per example under load, replay hop cost; writes BENCHMARKS.md

@@ -1,5 +1,10 @@
 //! The sticky app contract (DESIGN.md) served with actix-web.
 //!
+//! Its port speaks HTTP/1.1 and h2c with prior knowledge
+//! (`HttpServer::listen_auto_h2c`, actix-web's `http2` feature; a plain
+//! `listen`/`bind` is HTTP/1.1 only, and h2 otherwise needs TLS), so it runs
+//! behind Fly's `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
+//!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
 //!   runs on this process (every route but `/health`);
 //! - `GET /health` answers `ok` and is never sticky;
@@ -182,7 +187,8 @@ pub fn server(listener: std::net::TcpListener, sticky: Sticky) -> io::Result<Ser
     Ok(HttpServer::new(move || contract.app())
         .disable_signals()
         .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-        .listen(listener)?
+        // HTTP/1.1 and h2c with prior knowledge on one port (Fly's h2_backend).
+        .listen_auto_h2c(listener)?
         .run())
 }
 

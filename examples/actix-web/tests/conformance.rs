@@ -40,4 +40,10 @@ async fn conformance() {
     let report = conformance::run_in_process(ActixWeb).await;
     println!("{report}");
     report.assert_passed();
+    // Then with flysim speaking h2c to the Machines (`h2_backend`) and the
+    // h2c client scenarios, after the HTTP/1.1 run rather than beside it.
+    // h2c comes from `HttpServer::listen_auto_h2c` (`http2` feature).
+    let report = conformance::run_in_process_over(ActixWeb, conformance::Backend::H2c).await;
+    println!("{report}");
+    report.assert_passed();
 }

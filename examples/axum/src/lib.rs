@@ -1,5 +1,9 @@
 //! The sticky app contract (DESIGN.md) served with axum.
 //!
+//! Its port speaks HTTP/1.1 and h2c with prior knowledge (axum's `http2`
+//! feature: `axum::serve` then uses hyper-util's auto builder), so it runs
+//! behind Fly's `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
+//!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
 //!   runs on this Machine (every route but `/health`);
 //! - `GET /health` answers `ok` and is never sticky;

@@ -1,6 +1,10 @@
 //! The sticky app contract (DESIGN.md) served with plain hyper: no tower, no
 //! framework, `sticky-core` called by hand.
 //!
+//! Its port speaks HTTP/1.1 and h2c with prior knowledge (hyper-util's
+//! `auto::Builder`; `http1::Builder` would be HTTP/1.1 only), so it runs
+//! behind Fly's `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
+//!
 //! [`respond`] is the whole integration: it asks [`Sticky::decide`] and maps
 //! the two arms of [`Decision::into_action`](sticky_core::Decision::into_action)
 //! itself. The routes are the same as every example's:

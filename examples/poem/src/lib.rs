@@ -1,5 +1,9 @@
 //! The sticky contract app, served by poem with [`sticky_poem`].
 //!
+//! Its port speaks HTTP/1.1 and h2c with prior knowledge as it is
+//! (`poem::Server` uses hyper-util's auto builder), so it runs behind Fly's
+//! `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
+//!
 //! - `GET /` answers `machine=<id> handled=<n>`;
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;

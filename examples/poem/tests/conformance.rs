@@ -37,4 +37,10 @@ impl App for PoemApp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conformance() {
     conformance::run_in_process(PoemApp).await.assert_passed();
+    // Then with flysim speaking h2c to the Machines (`h2_backend`) and the
+    // h2c client scenarios, after the HTTP/1.1 run rather than beside it.
+    // h2c comes from poem's `Server` (hyper-util's auto builder).
+    let report = conformance::run_in_process_over(PoemApp, conformance::Backend::H2c).await;
+    println!("{report}");
+    report.assert_passed();
 }

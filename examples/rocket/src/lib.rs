@@ -1,6 +1,11 @@
 //! The sticky demo app on Rocket: the shared app contract that every
 //! `examples/<framework>` serves, with the [`sticky_rocket::StickyFairing`] fairing.
 //!
+//! Its port speaks HTTP/1.1 and h2c with prior knowledge (Rocket's `http2`
+//! feature, on by default in Rocket and turned on here: it serves with
+//! hyper-util's auto builder, TLS or not), so it runs behind Fly's
+//! `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
+//!
 //! | route | answer |
 //! |---|---|
 //! | `GET /` | `machine=<id> handled=<n>` (counts itself first) |

@@ -14,6 +14,17 @@
 //! xtask conformance` runs the same scenarios against the examples' release
 //! binaries as real processes ([`run_processes`]).
 //!
+//! The [`Backend::H2c`] run (`cargo xtask conformance --h2`) is the same
+//! suite with flysim speaking h2c to the Machines (fly.toml's
+//! `h2_backend = true`): every cluster and cache scenario (the client still
+//! speaks HTTP/1.1 to flysim's front; WebSocket upgrades reach the Machines
+//! over HTTP/1.1, flysim's named assumption), plus the `h2c-*` scenarios of
+//! a client speaking h2c: `Cookie` split over two fields and a body without
+//! `content-length` straight to one Machine, and `curl
+//! --http2-prior-knowledge` through flysim. The direct HTTP/1.1 scenarios
+//! are not repeated there: no proxy is involved, so they would test nothing
+//! new.
+//!
 //! ```no_run
 //! use std::{future::Future, io, pin::Pin};
 //! use conformance::{App, Instance};
@@ -106,6 +117,28 @@ pub struct ScenarioInfo {
     /// Whether this run had flysim's replay cache on (cluster scenarios run
     /// both ways).
     pub replay_cache: bool,
+    /// How flysim reached the Machines in this run.
+    pub backend: Backend,
+}
+
+/// How flysim's proxy reaches the Machines in a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// HTTP/1.1, Fly's default: every scenario but the `h2c-*` ones.
+    #[default]
+    Http1,
+    /// h2c with prior knowledge (`h2_backend = true`): the cluster and
+    /// cache scenarios, and the `h2c-*` scenarios; the app must speak h2c.
+    H2c,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Http1 => "HTTP/1.1",
+            Backend::H2c => "h2c",
+        })
+    }
 }
 
 impl ScenarioInfo {
@@ -122,14 +155,39 @@ impl ScenarioInfo {
 /// Every scenario run, in run order: direct scenarios once, cluster
 /// scenarios without and then with the replay cache, cache scenarios once.
 pub fn scenarios() -> Vec<ScenarioInfo> {
-    scenarios::all().iter().flat_map(runs).collect()
+    scenarios_over(Backend::Http1)
 }
 
-fn runs(s: &scenarios::Scenario) -> Vec<ScenarioInfo> {
-    let caches: &[bool] = match s.kind {
-        Kind::Direct => &[false],
-        Kind::Cluster => &[false, true],
-        Kind::Cache => &[true],
+/// Every scenario run over `backend`, in run order (see [`Backend`]).
+pub fn scenarios_over(backend: Backend) -> Vec<ScenarioInfo> {
+    scenario_list(backend)
+        .iter()
+        .flat_map(|s| runs(s, backend))
+        .collect()
+}
+
+/// The scenarios a run over `backend` draws from.
+fn scenario_list(backend: Backend) -> Vec<scenarios::Scenario> {
+    let mut all = scenarios::all();
+    if backend == Backend::H2c {
+        all.extend(scenarios::h2::all());
+    }
+    all
+}
+
+fn runs(s: &scenarios::Scenario, backend: Backend) -> Vec<ScenarioInfo> {
+    let h2c_only = s.name.starts_with("h2c-");
+    let caches: &[bool] = match (s.kind, backend) {
+        // The h2c scenarios run once, over h2c only.
+        _ if h2c_only => match backend {
+            Backend::H2c => &[false],
+            Backend::Http1 => &[],
+        },
+        (Kind::Direct, Backend::Http1) => &[false],
+        // No proxy between the client and the Machine: nothing new over h2c.
+        (Kind::Direct, Backend::H2c) => &[],
+        (Kind::Cluster, _) => &[false, true],
+        (Kind::Cache, _) => &[true],
     };
     caches
         .iter()
@@ -138,6 +196,7 @@ fn runs(s: &scenarios::Scenario) -> Vec<ScenarioInfo> {
             purpose: s.purpose,
             kind: s.kind,
             replay_cache,
+            backend,
         })
         .collect()
 }
@@ -202,7 +261,15 @@ impl Report {
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "conformance: {}", self.framework)?;
+        let backend = self
+            .outcomes
+            .first()
+            .map_or(Backend::Http1, |o| o.scenario.backend);
+        writeln!(
+            f,
+            "conformance: {} (to the Machines: {backend})",
+            self.framework
+        )?;
         for o in &self.outcomes {
             let mark = if o.result.is_ok() { "pass" } else { "FAIL" };
             writeln!(
@@ -231,23 +298,62 @@ const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
 /// Runs every scenario against in-process instances started by `app`.
 /// Needs a multi-threaded tokio runtime.
 pub async fn run_in_process<A: App>(app: A) -> Report {
+    run_in_process_over(app, Backend::Http1).await
+}
+
+/// Runs the scenarios of `backend` (see [`Backend`]) against in-process
+/// instances started by `app`. Needs a multi-threaded tokio runtime.
+pub async fn run_in_process_over<A: App>(app: A, backend: Backend) -> Report {
     let framework = app.framework().to_owned();
-    run(framework, Arc::new(deploy::InProcess(Arc::new(app)))).await
+    run(
+        framework,
+        Arc::new(deploy::InProcess(Arc::new(app))),
+        backend,
+    )
+    .await
 }
 
 /// Runs every scenario against `binary` (an example app honouring the
 /// contract) started as one child process per Machine.
 pub async fn run_processes(framework: &str, binary: PathBuf) -> Report {
-    run(framework.to_owned(), Arc::new(deploy::Process { binary })).await
+    run_processes_over(framework, binary, Backend::Http1).await
 }
 
-async fn run(framework: String, deploy: Arc<dyn deploy::Deploy>) -> Report {
+/// Runs the scenarios of `backend` (see [`Backend`]) against `binary`
+/// started as one child process per Machine.
+pub async fn run_processes_over(framework: &str, binary: PathBuf, backend: Backend) -> Report {
+    run(
+        framework.to_owned(),
+        Arc::new(deploy::Process { binary }),
+        backend,
+    )
+    .await
+}
+
+/// Whether `binary` (an example app) speaks h2c with prior knowledge on its
+/// port, as an app behind `h2_backend` must: started once as a Machine, it
+/// must answer `GET /health` over h2c. `Err` says what happened instead
+/// (`cargo xtask conformance --h2` shows such a framework as "no h2c").
+pub async fn binary_speaks_h2c(binary: PathBuf) -> Result<(), String> {
+    use deploy::Deploy as _;
+    let process = deploy::Process { binary };
+    let (instance, _drain) = process
+        .launch(Env::machine("148ed599c14189"), None)
+        .await
+        .map_err(|e| format!("the binary did not start: {e}"))?;
+    let answered = scenarios::h2::answers_h2c(instance.addr()).await;
+    drop(instance);
+    answered
+}
+
+async fn run(framework: String, deploy: Arc<dyn deploy::Deploy>, backend: Backend) -> Report {
     let mut outcomes = Vec::new();
-    for s in scenarios::all() {
-        for scenario in runs(&s) {
+    for s in scenario_list(backend) {
+        for scenario in runs(&s, backend) {
             let ctx = scenarios::Env0 {
                 deploy: deploy.clone(),
                 replay_cache: scenario.replay_cache,
+                h2_backend: backend == Backend::H2c,
             };
             let started = Instant::now();
             let result = match tokio::time::timeout(SCENARIO_TIMEOUT, (s.run)(&ctx)).await {

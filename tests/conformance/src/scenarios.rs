@@ -47,6 +47,8 @@ pub(crate) struct Scenario {
 pub(crate) struct Env0 {
     pub(crate) deploy: Arc<dyn Deploy>,
     pub(crate) replay_cache: bool,
+    /// flysim speaks h2c to the Machines (`h2_backend`).
+    pub(crate) h2_backend: bool,
 }
 
 /// The deploy kit: the cache runs use exactly its `replay_cache` rules (the
@@ -78,6 +80,7 @@ macro_rules! scenario {
 }
 
 mod cache;
+pub(crate) mod h2;
 
 /// A running cluster with drain switches per Machine.
 pub(crate) struct Cluster {
@@ -114,7 +117,8 @@ impl Cluster {
             .admin_addr(None)
             .quiet(true)
             .dead_target_delay(Duration::from_millis(300))
-            .ready_timeout(Duration::from_secs(30));
+            .ready_timeout(Duration::from_secs(30))
+            .h2_backend(ctx.h2_backend);
         if ctx.replay_cache {
             for rule in cache_rules()? {
                 config = config.replay_cache(rule);

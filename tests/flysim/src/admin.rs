@@ -12,7 +12,7 @@
 //! | `GET /events` | JSON list of recorded events |
 //! | `GET /report` | the per-Machine table as text (and the replay cache's counters when caching is in play) |
 //! | `GET /replay-cache` | the replay cache: `rules`, `stats` (`entries`, `created`, `hits`, `misses`, `bypasses`, `invalidations`, `not_cached`) and the live `entries` |
-//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules |
+//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `h2_backend`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules |
 
 use std::convert::Infallible;
 use std::io;
@@ -160,6 +160,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                     "app": c.app_name,
                     "region": c.region,
                     "internal_port": c.internal_port,
+                    "h2_backend": c.h2_backend,
                     "kill_signal": c.kill_signal.map(|s| s.as_str()),
                     "kill_timeout_ms": c.kill_timeout.as_millis() as u64,
                     "replay_cache": c.replay_cache.iter().map(ToString::to_string).collect::<Vec<_>>(),

@@ -43,9 +43,17 @@ impl RequestBody {
         matches!(self, RequestBody::Buffered(_))
     }
 
-    /// A body for the next delivery, or `None` when a streamed body was used up.
-    pub(crate) fn take(&mut self) -> Option<ProxyBody> {
+    /// A body for the next delivery, or `None` when a streamed body was used
+    /// up. A non-empty buffered body comes without a declared length when
+    /// `no_length` (so HTTP/2 sends no `content-length`: the client sent none).
+    pub(crate) fn take(&mut self, no_length: bool) -> Option<ProxyBody> {
         match self {
+            RequestBody::Buffered(b) if no_length && !b.is_empty() => {
+                let data = b.clone();
+                let once =
+                    futures_util::stream::once(async move { Ok::<_, BoxError>(Frame::data(data)) });
+                Some(StreamBody::new(once).boxed_unsync())
+            }
             RequestBody::Buffered(b) => Some(full(b.clone())),
             RequestBody::Streaming(s) => s.take(),
         }

@@ -36,6 +36,7 @@ pub struct Config {
     pub(crate) replay_cache: Vec<ReplayCacheRule>,
     pub(crate) cache_clock: Option<ManualClock>,
     pub(crate) internal_port: Option<u16>,
+    pub(crate) h2_backend: bool,
 }
 
 impl Default for Config {
@@ -62,6 +63,7 @@ impl Default for Config {
             replay_cache: Vec::new(),
             cache_clock: None,
             internal_port: None,
+            h2_backend: false,
         }
     }
 }
@@ -214,16 +216,36 @@ impl Config {
         self
     }
 
+    /// Speak h2c (HTTP/2 over cleartext, prior knowledge) to the Machines,
+    /// as Fly does with fly.toml's `http_options.h2_backend = true` (needed
+    /// for gRPC); an app that does not speak h2c then fails with PU01. The
+    /// front port accepts HTTP/1.1 and h2c either way. WebSocket upgrades
+    /// still reach the Machines over HTTP/1.1 (a named assumption).
+    /// Default `false` (HTTP/1.1 to the Machines, Fly's default).
+    pub fn h2_backend(mut self, on: bool) -> Self {
+        self.h2_backend = on;
+        self
+    }
+
+    /// Whether [`Config::h2_backend`] is on.
+    pub fn h2_backend_on(&self) -> bool {
+        self.h2_backend
+    }
+
     /// Applies what a fly.toml says ([`FlyToml`]): its replay cache rules are
     /// added, and its `kill_signal`, `kill_timeout` and `internal_port`
     /// replace the current settings (Fly's defaults, `SIGINT` and 5 s,
-    /// when the file leaves them out).
+    /// when the file leaves them out); `h2_backend = true` turns
+    /// [`Config::h2_backend`] on.
     pub fn fly_toml(mut self, file: &FlyToml) -> Self {
         self.replay_cache.extend(file.replay_cache.iter().cloned());
         self.kill_signal = Some(file.kill_signal.unwrap_or(Signal::Int));
         self.kill_timeout = file.kill_timeout.unwrap_or(Duration::from_secs(5));
         if file.internal_port.is_some() {
             self.internal_port = file.internal_port;
+        }
+        if file.h2_backend {
+            self.h2_backend = true;
         }
         self
     }

@@ -33,6 +33,9 @@ pub(crate) struct Ctx {
     /// The client side of a WebSocket (or other) upgrade.
     pub(crate) upgrade: Option<OnUpgrade>,
     pub(crate) is_upgrade: bool,
+    /// Send a buffered body without a declared length (the client declared
+    /// none, and the Machine is reached over h2c).
+    pub(crate) unsized_body: bool,
     /// The current delivery is a fallback after a failed replay.
     pub(crate) fallback: bool,
     pub(crate) served_by: Option<String>,
@@ -79,7 +82,7 @@ fn may_retry(method: &Method, body_replayable: bool, e: &UpstreamError) -> bool 
 /// One delivery of the request: its body (a fresh copy when buffered), the
 /// forwarded headers plus `extra`.
 fn build(ctx: &mut Ctx, extra: &HeaderMap) -> Result<Request<ProxyBody>, SendError> {
-    let body = ctx.body.take().ok_or(SendError::BodyUsed)?;
+    let body = ctx.body.take(ctx.unsized_body).ok_or(SendError::BodyUsed)?;
     let mut headers = ctx.headers.clone();
     for (name, value) in extra {
         headers.insert(name.clone(), value.clone());
@@ -129,6 +132,12 @@ impl Shared {
                     Ok(resp) => return Ok(Delivered { machine: id, resp }),
                     Err(SendError::BodyUsed) => return Err(ProxyError::BodyUsed),
                     Err(SendError::Upstream(UpstreamError::Connect(e))) => Miss::Refused(e),
+                    Err(SendError::Upstream(UpstreamError::NotH2c(detail))) => {
+                        return Err(ProxyError::NotH2c {
+                            machine: id,
+                            detail,
+                        });
+                    }
                     Err(SendError::Upstream(
                         UpstreamError::NoAnswer(error) | UpstreamError::Failed(error),
                     )) => return Err(ProxyError::Upstream { machine: id, error }),

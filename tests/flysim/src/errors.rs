@@ -41,6 +41,9 @@ pub(crate) enum ProxyError {
     NotFound { id: String, what: String },
     /// PR04: a strict replay target could not be reached.
     Unreachable { id: String, reason: Reason },
+    /// PU01: the Machine does not speak h2c, but the proxy speaks HTTP/2 to
+    /// it (`h2_backend`).
+    NotH2c { machine: String, detail: String },
     /// No code: the exchange with a Machine failed after it got the request.
     Upstream { machine: String, error: String },
 }
@@ -55,6 +58,7 @@ impl ProxyError {
             ProxyError::TooManyReplays { .. } => "PA02",
             ProxyError::NoCandidate | ProxyError::Unreachable { .. } => "PR04",
             ProxyError::NotFound { .. } => "PR02",
+            ProxyError::NotH2c { .. } => "PU01",
             ProxyError::Upstream { .. } => return None,
         })
     }
@@ -67,6 +71,7 @@ impl ProxyError {
             | ProxyError::OtherApp { machine, .. }
             | ProxyError::BodyTooLarge { machine, .. }
             | ProxyError::TooManyReplays { machine, .. }
+            | ProxyError::NotH2c { machine, .. }
             | ProxyError::Upstream { machine, .. } => Some(machine),
             ProxyError::NotFound { id, .. } | ProxyError::Unreachable { id, .. } => Some(id),
             ProxyError::BodyUsed | ProxyError::NoCandidate => None,
@@ -127,6 +132,9 @@ impl ProxyError {
                     reason.as_str()
                 )
             }
+            ProxyError::NotH2c { machine, detail } => format!(
+                "PU01 Machine {machine} does not speak h2c: the proxy speaks HTTP/2 with prior knowledge to the app (http_options.h2_backend = true), but {detail}; serve h2c on the internal port (hyper-util's auto::Builder, axum::serve, tonic) or remove h2_backend"
+            ),
             ProxyError::Upstream { machine, error } => {
                 format!("error talking to Machine {machine}: {error}")
             }

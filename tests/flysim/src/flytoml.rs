@@ -3,7 +3,9 @@
 //! Read: `[[http_service.http_options.replay_cache]]` and
 //! `[[services.ports.http_options.replay_cache]]` (every field checked, an
 //! unknown one refused), the top-level `kill_signal` and `kill_timeout`, and
-//! `internal_port` (of `[http_service]`, else of the first `[[services]]`).
+//! `internal_port` (of `[http_service]`, else of the first `[[services]]`),
+//! and `h2_backend` (`[http_service.http_options]`, or any
+//! `[[services.ports]]`' `http_options`).
 //! Every other key a fly.toml may have (`app`, `primary_region`, `[build]`,
 //! `[env]`, `[[vm]]`, `[checks]`, `[metrics]`, the rest of `[http_service]`,
 //! ...) is tolerated and ignored. Errors name the file, the line and the field.
@@ -53,6 +55,8 @@ pub struct FlyToml {
     pub kill_timeout: Option<Duration>,
     /// `internal_port`, if given.
     pub internal_port: Option<u16>,
+    /// `http_options.h2_backend = true`: speak h2c to the Machines.
+    pub h2_backend: bool,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +90,8 @@ struct RawPort {
 struct RawHttpOptions {
     #[serde(default)]
     replay_cache: Vec<RawRule>,
+    #[serde(default)]
+    h2_backend: bool,
 }
 
 #[derive(Deserialize)]
@@ -141,11 +147,13 @@ impl FlyToml {
             .and_then(|s| s.http_options.as_ref())
         {
             tables.extend(&opts.replay_cache);
+            out.h2_backend |= opts.h2_backend;
         }
         for service in &raw.services {
             for port in &service.ports {
                 if let Some(opts) = &port.http_options {
                     tables.extend(&opts.replay_cache);
+                    out.h2_backend |= opts.h2_backend;
                 }
             }
         }

@@ -111,6 +111,25 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// Joins several `Cookie` fields into one with `; `, as a request from an
+/// HTTP/2 client must be before it is sent on over HTTP/1.1 (RFC 9113,
+/// 8.2.3). One field, or none, is left as it is.
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(header::COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, v) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(v.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// The headers every delivery of this request carries: the client's (without
 /// hop-by-hop ones) plus the ones Fly's proxy adds.
 pub(crate) fn forwarded_headers(
@@ -126,7 +145,16 @@ pub(crate) fn forwarded_headers(
     } else {
         None
     };
+    let te_trailers = cfg.h2_backend && has_token(&h, header::TE, "trailers");
     strip_hop_by_hop(&mut h);
+    if te_trailers {
+        // The one TE value HTTP/2 allows (RFC 9113, 8.2.2); gRPC servers
+        // may insist on it.
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if !cfg.h2_backend && parts.version == Version::HTTP_2 {
+        join_cookies(&mut h);
+    }
     if let Some(upgrade) = upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, upgrade);

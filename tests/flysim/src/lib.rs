@@ -74,6 +74,13 @@
 //!   `fly-replay-cache: invalidate` removes an entry. Counters:
 //!   [`FlySim::replay_cache_stats`], the admin `GET /replay-cache`, and one
 //!   line of the exit table ([`FlySim::report`]) when caching is in play.
+//! - HTTP/2 to the Machines ([`Config::h2_backend`], `--h2-backend`, or a
+//!   fly.toml's `http_options.h2_backend = true`): h2c with prior knowledge,
+//!   one multiplexed connection per Machine; an app that does not answer
+//!   the HTTP/2 preface with HTTP/2 fails with PU01 (the message quotes what
+//!   it answered). The front port accepts HTTP/1.1 and h2c with prior
+//!   knowledge either way, so `Cookie` may arrive split over several fields
+//!   and bodies without `content-length`.
 //!
 //! ## Named assumptions (replay cache)
 //! Where Fly's documentation is silent, flysim decides as follows. A
@@ -135,8 +142,41 @@
 //!     or replays; a client-sent `fly-replay-cache-status` passes through
 //!     untouched otherwise, like the other `fly-*` request headers.
 //!
+//! ## Named assumptions (HTTP/2)
+//! Fly documents `h2_backend` but not these details; flysim does as follows.
+//! 15. **Upgrades.** A WebSocket upgrade (an HTTP/1.1 `Upgrade` request)
+//!     reaches an `h2_backend` Machine over HTTP/1.1, on a connection of its
+//!     own (Fly keeps separate HTTP/1.1 and HTTP/2 pools; unconfirmed), so
+//!     the app must still speak HTTP/1.1 on the same port for WebSockets.
+//! 16. **`fly-replay` over h2c.** A replay answered over h2c is followed
+//!     exactly as one answered over HTTP/1.1 (unconfirmed at Fly).
+//! 17. **Cookie fields.** Over h2c, the client's `Cookie` fields reach the
+//!     Machine as sent, not merged; from an HTTP/2 client to an HTTP/1.1
+//!     Machine they are joined into one with `; ` (RFC 9113, 8.2.3).
+//! 18. **Body length.** Over h2c a request body goes with the framing the
+//!     client gave: its `content-length` when it sent one, none otherwise
+//!     (flysim buffers it to replay it, but adds no length). To an HTTP/1.1
+//!     Machine a buffered body is sent with a `content-length`.
+//! 19. **Pseudo-headers and TE.** `:authority` is the client's `Host` (kept
+//!     as a header too), `:scheme` is `http`; `te: trailers` from the
+//!     client is passed on (the one TE value HTTP/2 allows, and gRPC's).
+//! 20. **Not speaking h2c.** When an h2c exchange fails, the Machine's first
+//!     bytes tell: anything but an HTTP/2 SETTINGS frame is PU01 (a 502 with
+//!     `fly-error: PU01` quoting what it sent; no other Machine is tried).
+//!     If it sent nothing (hyper's HTTP/1.1-only server closes on the
+//!     preface, often while the request is still being written), a probe
+//!     connection sends the preface again: closed without a byte, or not
+//!     SETTINGS, is PU01; refused, or silent for 2 s, leaves the ordinary
+//!     upstream error (the Machine may have been shutting down).
+//! 21. **Replaying a body of unknown length.** A request body without
+//!     `content-length` (HTTP/1.1 chunked, or HTTP/2, as every gRPC call)
+//!     is buffered like any other and can be replayed within the 1 MB
+//!     limit (Fly documents only the limit). An app must opt in to count on
+//!     this (`sticky_core::Builder::replay_unknown_length`).
+//!
 //! fly.toml: flysim reads `replay_cache` rules, `kill_signal` (Fly's default
-//! `SIGINT` when absent), `kill_timeout` (default 5 s) and `internal_port`;
+//! `SIGINT` when absent), `kill_timeout` (default 5 s), `internal_port` and
+//! `http_options.h2_backend`;
 //! Machines still get a free loopback `PORT` each (they share one host), and
 //! `internal_port` is reported by the admin `GET /config`.
 //!
@@ -144,7 +184,8 @@
 //! TLS (the front port speaks plain HTTP/1.1 and h2c; `X-Forwarded-Proto` says
 //! `https` as behind Fly's edge), several regions or apps (a replay to another app
 //! fails like PA04), `fly-prefer-region`/`fly-force-region`, health checks, autostop,
-//! suspend, 6PN (internal DNS answers only the `vms` TXT records), HTTP/2 to Machines and WebSockets over HTTP/2.
+//! suspend, 6PN (internal DNS answers only the `vms` TXT records), WebSockets over
+//! HTTP/2 (RFC 8441 extended CONNECT), h2c by `Upgrade: h2c`.
 
 mod admin;
 mod balance;

@@ -65,11 +65,16 @@ struct Args {
     /// path_prefix wins.
     #[arg(long = "replay-cache", value_name = "RULE", value_parser = ReplayCacheRule::parse)]
     replay_cache: Vec<ReplayCacheRule>,
-    /// Read replay_cache rules, kill_signal, kill_timeout and internal_port
-    /// from this fly.toml (command-line flags given as well win; --replay-cache
+    /// Read replay_cache rules, kill_signal, kill_timeout, internal_port and
+    /// h2_backend from this fly.toml (command-line flags given as well win; --replay-cache
     /// rules are added to the file's).
     #[arg(long, value_name = "FILE")]
     fly_toml: Option<PathBuf>,
+    /// Speak h2c (HTTP/2 with prior knowledge) to the Machines, like Fly with
+    /// fly.toml's http_options.h2_backend = true (gRPC needs it); the app
+    /// must then serve h2c on its port (also read from --fly-toml).
+    #[arg(long)]
+    h2_backend: bool,
     /// X-Forwarded-Proto sent to the Machines.
     #[arg(long, default_value = "https")]
     forwarded_proto: String,
@@ -129,6 +134,9 @@ async fn main() -> ExitCode {
     }
     for rule in &args.replay_cache {
         config = config.replay_cache(rule.clone());
+    }
+    if args.h2_backend {
+        config = config.h2_backend(true);
     }
     let config = config
         .machines(args.machines)
@@ -196,6 +204,14 @@ async fn main() -> ExitCode {
         println!("flysim: replay cache rule {rule}");
     }
     println!("flysim: front {}", sim.url());
+    println!(
+        "flysim: protocols: HTTP/1.1 and h2c from clients, {} to the Machines",
+        if sim.config().h2_backend_on() {
+            "h2c (h2_backend)"
+        } else {
+            "HTTP/1.1"
+        }
+    );
     if let Some(admin) = sim.admin_addr() {
         println!("flysim: admin http://{admin}");
     }

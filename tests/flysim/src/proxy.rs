@@ -83,6 +83,8 @@ impl Shared {
                     body,
                     upgrade,
                     is_upgrade,
+                    unsized_body: self.config.h2_backend
+                        && !parts.headers.contains_key(header::CONTENT_LENGTH),
                     fallback: false,
                     served_by: None,
                 };

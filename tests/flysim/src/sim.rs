@@ -20,7 +20,7 @@ use crate::events::{Event, EventLog};
 use crate::fleet::Fleet;
 use crate::headers::ConnInfo;
 use crate::machine::{Launch, MachineInfo, Signal};
-use crate::upstream::{Http1, Upstream};
+use crate::upstream::{H2c, Http1, Upstream};
 
 /// What the front, admin and DNS servers share. Each part has its own module:
 /// the Machines ([`Fleet`]), the balancer, the upstream transport and the
@@ -30,7 +30,8 @@ pub(crate) struct Shared {
     pub(crate) fleet: Arc<Fleet>,
     pub(crate) events: Arc<EventLog>,
     pub(crate) balancer: Balancer,
-    /// How requests reach the Machines (HTTP/1.1 today).
+    /// How requests reach the Machines (HTTP/1.1, or h2c with
+    /// [`Config::h2_backend`]).
     pub(crate) upstream: Box<dyn Upstream>,
     pub(crate) shutdown: watch::Sender<bool>,
     /// The replay cache (rules, entries, counters).
@@ -45,7 +46,11 @@ impl Shared {
             cache: Mutex::new(Store::new(config.replay_cache.clone())),
             fleet: Fleet::new(config.clone(), launch, events.clone()),
             balancer: Balancer::new(config.balance),
-            upstream: Box::new(Http1::new()),
+            upstream: if config.h2_backend {
+                Box::new(H2c::new())
+            } else {
+                Box::new(Http1::new())
+            },
             config,
             events,
             shutdown,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use flysim::{Config, FlySim, Instance, Launch, MachineEnv};
 use futures_util::{SinkExt, StreamExt};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -33,6 +33,8 @@ pub(crate) type TestBody = BoxBody<Bytes, BoxError>;
 pub(crate) struct Seen {
     pub(crate) machine: String,
     pub(crate) method: Method,
+    /// The HTTP version the request reached the Machine with.
+    pub(crate) version: Version,
     /// Path and query.
     pub(crate) path: String,
     pub(crate) headers: HeaderMap,
@@ -134,6 +136,8 @@ pub(crate) struct App {
     stops: Arc<Mutex<Vec<String>>>,
     signals: Arc<Mutex<Vec<(String, flysim::Signal)>>>,
     handler: Arc<Mutex<Handler>>,
+    /// Serve HTTP/1.1 and h2c (prior knowledge) rather than HTTP/1.1 only.
+    h2c: bool,
 }
 
 impl App {
@@ -149,7 +153,15 @@ impl App {
             stops: Arc::default(),
             signals: Arc::default(),
             handler: Arc::new(Mutex::new(Arc::new(handler))),
+            h2c: false,
         }
+    }
+
+    /// The same app serving HTTP/1.1 and h2c with prior knowledge
+    /// (hyper-util's auto connection builder), as an `h2_backend` app must.
+    pub(crate) fn speaking_h2c(mut self) -> App {
+        self.h2c = true;
+        self
     }
 
     /// Replaces the handler (e.g. once the Machine IDs are known).
@@ -232,14 +244,24 @@ async fn serve(app: App, machine: String, listener: TcpListener, stop: watch::Re
         };
         let Ok((stream, _)) = accepted else { continue };
         let app = app.clone();
+        let service_app = app.clone();
         let machine = machine.clone();
         let mut stop_conn = stop.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
-                let app = app.clone();
+                let app = service_app.clone();
                 let machine = machine.clone();
                 async move { Ok::<_, Infallible>(handle(app, machine, req).await) }
             });
+            if app.h2c {
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                tokio::select! {
+                    _ = conn => {}
+                    _ = stop_conn.changed() => {}
+                }
+                return;
+            }
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
@@ -262,6 +284,7 @@ async fn handle(app: App, machine: String, mut req: Request<Incoming>) -> Respon
     let seen = Seen {
         machine: machine.clone(),
         method: parts.method.clone(),
+        version: parts.version,
         path: parts
             .uri
             .path_and_query()
@@ -352,6 +375,22 @@ pub(crate) async fn send(req: Request<TestBody>) -> Resp {
     let client: Client<HttpConnector, TestBody> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let resp = client.request(req).await.expect("request to flysim");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("response body").to_bytes();
+    Resp {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Sends one request over h2c with prior knowledge (a fresh client each time).
+pub(crate) async fn send_h2(req: Request<TestBody>) -> Resp {
+    let client: Client<HttpConnector, TestBody> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let resp = client.request(req).await.expect("h2c request to flysim");
+    assert_eq!(resp.version(), Version::HTTP_2);
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("response body").to_bytes();
     Resp {
