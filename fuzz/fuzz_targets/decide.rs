@@ -7,7 +7,12 @@
 //!   strict parser of flysim (the local Fly proxy), has only the expected
 //!   fields, and names a target that passed the configured format, is not
 //!   this Machine, and came from the request or the live set;
-//! - a request carrying any replay marker is never replayed;
+//! - a request carrying any replay marker is never replayed (a replay
+//!   cache `hit` or `bypass` is not one: it reached no other Machine);
+//! - with a replay cache mode, a replay carries at most `fly-replay-cache`
+//!   (`invalidate` only for a request the cache routed, or the room pattern
+//!   of the request's own path) and its TTL, and never `state`, `timeout`
+//!   or `fallback`;
 //! - a `Set-Cookie` is a valid header value, parses as a cookie named as
 //!   configured, with a value of cookie-octets naming this Machine, and the
 //!   configured attributes;
@@ -23,7 +28,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use sticky_core::{
     Env, Fallback, KeySource, LargeBody, Marker, Outcome, Peer, Reason, Refresh, Replay,
-    RequestView, SameSite, Secure, SetCookie, Source, Sticky, TargetFormat, Unavailable,
+    ReplayCache, RequestView, SameSite, Secure, SetCookie, Source, Sticky, TargetFormat,
+    Unavailable,
 };
 
 /// This Machine.
@@ -117,6 +123,14 @@ struct Conf {
     skip_if: bool,
     signing: Option<SignC>,
     refresh: Option<RefreshC>,
+    replay_cache: Option<CacheC>,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
+enum CacheC {
+    Session,
+    /// A path cache with this TTL in seconds (under 10 is refused).
+    Path(u16),
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
@@ -135,6 +149,8 @@ enum KeyC {
     ClientIp,
     /// The document ID in `/docs/<id>/...`.
     Custom,
+    /// The room in `/rooms/<room>/...` (or a prefix the builder refuses).
+    PathSegment(Text),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -219,6 +235,8 @@ enum HeaderC {
     /// The configured header source, if any.
     Source,
     Upgrade,
+    /// `fly-replay-cache-status`.
+    CacheStatus,
     Raw(String),
 }
 
@@ -229,6 +247,8 @@ enum ValueC {
     Target(TargetC),
     Length(u64),
     Https(u8),
+    /// `hit`, `miss`, `bypass`, ... as the cache marks a request.
+    Status(u8),
     Raw(Vec<u8>),
 }
 
@@ -311,6 +331,9 @@ struct Expect {
     large_body_refuse: bool,
     signing: Option<SignC>,
     header_source: Option<String>,
+    replay_cache: Option<CacheC>,
+    /// The prefixes of `KeySource::PathSegment` sources.
+    room_prefixes: Vec<String>,
 }
 
 fn format_of(f: FormatC) -> TargetFormat {
@@ -361,6 +384,8 @@ const GLOBS: &[&str] = &["/health", "/static/**", "/app/*", "{", "[", "**", "/ws
 const METHODS: &[&str] = &[
     "GET", "POST", "PUT", "PATCH", "OPTIONS", "HEAD", "DELETE", "get", "",
 ];
+const ROOM_PREFIXES: &[&str] = &["/rooms/", "/r/", "/rooms", "rooms/", "/a;b/", "/../", ""];
+const CACHE_STATUSES: &[&str] = &["hit", "HIT", " hit ", "miss", "bypass", "", "hit, miss"];
 const REGIONS: &[&str] = &["iad", "ams", ""];
 const PEER_IDS: &[&str] = &[ME, OTHER, GONE, "local-1", "a;b", "", "148ED599C14189"];
 
@@ -388,6 +413,7 @@ fn build(conf: &Conf) -> (Result<Sticky, sticky_core::ConfigError>, Expect) {
             sources.push(Source::Header);
         }
     }
+    let mut room_prefixes = Vec::new();
     for k in &conf.key_sources {
         b = b.key_source(match k {
             KeyC::Header(t) => {
@@ -403,6 +429,11 @@ fn build(conf: &Conf) -> (Result<Sticky, sticky_core::ConfigError>, Expect) {
                     .next()
                     .map(str::to_owned)
             }),
+            KeyC::PathSegment(t) => {
+                let prefix = t.pick(ROOM_PREFIXES);
+                room_prefixes.push(prefix.clone());
+                KeySource::PathSegment(prefix)
+            }
         });
         if !sources.contains(&Source::Key) {
             sources.push(Source::Key);
@@ -546,6 +577,14 @@ fn build(conf: &Conf) -> (Result<Sticky, sticky_core::ConfigError>, Expect) {
             RefreshC::After(s) => Refresh::After(Duration::from_secs(u64::from(s))),
         });
     }
+    if let Some(c) = conf.replay_cache {
+        b = b.replay_cache(match c {
+            CacheC::Session => ReplayCache::Session,
+            CacheC::Path(ttl) => ReplayCache::Path {
+                ttl: Duration::from_secs(u64::from(ttl)),
+            },
+        });
+    }
     let on_fly = !conf.env.is_multiple_of(8);
     let env = if on_fly {
         Env::machine(ME).with_region("iad")
@@ -574,6 +613,8 @@ fn build(conf: &Conf) -> (Result<Sticky, sticky_core::ConfigError>, Expect) {
         large_body_refuse,
         signing: conf.signing,
         header_source,
+        replay_cache: conf.replay_cache,
+        room_prefixes,
     };
     (built, expect)
 }
@@ -660,6 +701,10 @@ fn view(req: &Req, e: &Expect) -> View {
         "/docs/42/edit",
         "/internal/metrics",
         "/upload",
+        "/rooms/abc/chat",
+        "/rooms/a;b",
+        "/rooms/",
+        "/r/x_1-Z",
     ]);
     let query = req.query.as_ref().map(|parts| {
         parts
@@ -697,6 +742,7 @@ fn view(req: &Req, e: &Expect) -> View {
                     .clone()
                     .unwrap_or_else(|| "x-machine".to_owned()),
                 HeaderC::Upgrade => "upgrade".to_owned(),
+                HeaderC::CacheStatus => Marker::ReplayCache.header().to_owned(),
                 HeaderC::Raw(s) => s.clone(),
             };
             let value = match value {
@@ -722,6 +768,9 @@ fn view(req: &Req, e: &Expect) -> View {
                 ValueC::Length(n) => n.to_string().into_bytes(),
                 ValueC::Https(i) => ["https", "HTTPS", "http", " https ,http", "http, https"]
                     [usize::from(*i) % 5]
+                    .as_bytes()
+                    .to_vec(),
+                ValueC::Status(i) => CACHE_STATUSES[usize::from(*i) % CACHE_STATUSES.len()]
                     .as_bytes()
                     .to_vec(),
                 ValueC::Raw(b) => b.clone(),
@@ -767,7 +816,9 @@ fn check(input: &Input) {
         assert_eq!(d, Outcome::Stick(Reason::Disabled));
         return;
     }
-    let marked = Marker::ALL.iter().any(|m| req.has_header(m.header()));
+    let marked = Marker::ALL
+        .iter()
+        .any(|m| req.has_header(m.header()) && !(*m == Marker::ReplayCache && balanced(&req)));
     match d.outcome() {
         Outcome::Replay(sc, reason) => {
             assert!(
@@ -777,11 +828,11 @@ fn check(input: &Input) {
             assert_eq!(sc.status(), e.replay_status);
             assert!(sc.status() != 101 && (200..=599).contains(&sc.status()));
             let headers: Vec<_> = sc.headers().collect();
-            assert_eq!(headers.len(), 1);
             assert_eq!(headers[0].0, "fly-replay");
             let value = sc.fly_replay().expect("a replay carries fly-replay");
             assert_eq!(headers[0].1, value.as_bytes());
             check_replay(value, *reason, &req, &e);
+            check_replay_cache(&headers[1..], *reason, &req, &e);
         }
         Outcome::Refuse(sc, reason) => {
             assert!(sc.fly_replay().is_none() && sc.headers().next().is_none());
@@ -887,6 +938,80 @@ fn check_replay(value: &str, reason: Reason, req: &View, e: &Expect) {
         }
         other => panic!("a replay for {other:?}"),
     }
+}
+
+/// The first `fly-replay-cache-status` value is `hit` or `bypass` (trimmed,
+/// any case): the request reached no other Machine first.
+fn balanced(req: &View) -> bool {
+    cache_status(req)
+        .is_some_and(|v| v.eq_ignore_ascii_case("hit") || v.eq_ignore_ascii_case("bypass"))
+}
+
+fn cache_status(req: &View) -> Option<String> {
+    let v = req.header(Marker::ReplayCache.header())?;
+    Some(
+        String::from_utf8_lossy(v)
+            .trim_matches([' ', '\t'])
+            .to_owned(),
+    )
+}
+
+/// What a replay may tell Fly's cache: nothing without a cache mode;
+/// `invalidate` only for a request the cache routed; a room's pattern (the
+/// request's own path up to its valid room segment, then `/*`) with the
+/// configured TTL only in path mode.
+fn check_replay_cache(rest: &[(&str, &[u8])], reason: Reason, req: &View, e: &Expect) {
+    let Some(mode) = e.replay_cache else {
+        assert!(
+            rest.is_empty(),
+            "cache headers without a cache mode: {rest:?}"
+        );
+        return;
+    };
+    assert!(
+        e.replay_state.is_none() && e.replay.timeout_ms.is_none() && e.replay.fallback.is_none()
+    );
+    let [(name, value), tail @ ..] = rest else {
+        return;
+    };
+    assert_eq!(*name, "fly-replay-cache");
+    assert!(
+        matches!(reason, Reason::PinnedElsewhere(_)),
+        "cache headers on {reason:?}"
+    );
+    if *value == b"invalidate" {
+        let hit = cache_status(req).is_some_and(|v| v.eq_ignore_ascii_case("hit"));
+        assert!(hit && tail.is_empty(), "invalidate without a hit: {req:?}");
+        return;
+    }
+    let CacheC::Path(ttl) = mode else {
+        panic!("a path pattern in session mode: {rest:?}");
+    };
+    let pattern = std::str::from_utf8(value).expect("an ASCII pattern");
+    let room = pattern.strip_suffix("/*").expect("a pattern ends with /*");
+    assert!(
+        req.path.starts_with(room)
+            && matches!(req.path.as_bytes().get(room.len()), None | Some(b'/')),
+        "{pattern:?} does not cover {:?}",
+        req.path
+    );
+    let segment = e
+        .room_prefixes
+        .iter()
+        .find_map(|p| room.strip_prefix(p.as_str()))
+        .expect("the pattern starts with a room prefix");
+    assert!(
+        (1..=64).contains(&segment.len())
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        "room segment {segment:?}"
+    );
+    assert!(reason == Reason::PinnedElsewhere(Source::Key));
+    assert_eq!(
+        tail,
+        [("fly-replay-cache-ttl-secs", ttl.to_string().as_bytes())]
+    );
 }
 
 enum FormatKind {

@@ -203,9 +203,12 @@
 //! which then refuses settings that would make its replays uncacheable
 //! (`state`, `timeout`, `fallback`). A request the cache routed
 //! (`fly-replay-cache-status: hit`) reached no other Machine, so it is not
-//! "already replayed": a draining Machine still moves it (row 8), and a key
-//! whose owner changed since the entry was made is replayed once more to
-//! its owner with `fly-replay-cache: invalidate`. With
+//! "already replayed": a draining Machine still moves it (row 8), and a
+//! request the cache sent to a Machine it is not pinned to (a key whose
+//! owner changed since the entry was made, or a pin-cookie entry that a
+//! key's replay made under a cookie rule covering the key's path) is
+//! replayed once more to its Machine with `fly-replay-cache: invalidate`,
+//! so the wrong entry goes rather than costing a hop per request. With
 //! [`ReplayCache::Path`], a room or document key from
 //! [`KeySource::PathSegment`] makes the replay name its path pattern, so
 //! every user of that room goes straight to its Machine.

@@ -5,7 +5,7 @@ use crate::config::{ReplayCache, SameSite, Secure};
 use crate::decision::{CacheHeader, SetCookie, ShortCircuit, Text};
 use crate::engine::Sticky;
 use crate::find::Target;
-use crate::target::{self, Source};
+use crate::target;
 use crate::view::RequestView;
 
 pub(crate) struct CookieAttrs {
@@ -104,12 +104,15 @@ impl Sticky {
     }
 
     /// What a row-7 replay tells Fly's cache: that the entry which routed
-    /// this request here is stale (a key that moved), or the room pattern
-    /// a path-cached replay names.
+    /// this request here is wrong, or the room pattern a path-cached replay
+    /// names. An entry that sends a request to a Machine it is not pinned
+    /// to is wrong whatever pinned it: a key that moved, or a pin-cookie
+    /// entry made by a replay the cookie did not decide (a key's, under a
+    /// cookie rule that covers the key's path). Kept, it would cost every
+    /// later request of that key one more hop until its TTL ran out.
     pub(crate) fn cache_header(&self, target: &Target<'_>, routed_by_cache: bool) -> CacheHeader {
         let inner = &*self.inner;
-        if routed_by_cache && target.source == Source::Key && inner.replay_cache != ReplayCache::Off
-        {
+        if routed_by_cache && inner.replay_cache != ReplayCache::Off {
             return CacheHeader::Invalidate;
         }
         match (&inner.cache_ttl, target.room) {

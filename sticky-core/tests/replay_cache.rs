@@ -154,9 +154,11 @@ fn a_draining_machine_moves_its_cached_clients() {
     assert_eq!(d, Outcome::Stick(Reason::DrainingServedHere));
 }
 
-/// A pin whose cached Machine is gone re-pins where the fallback landed;
-/// a hit on a pin naming another Machine (forged: a genuine hit for a pin
-/// lands on the pinned Machine) is one ordinary replay, invalidating nothing.
+/// A pin whose cached Machine is gone re-pins where the fallback landed.
+/// A hit on a pin naming another Machine means the entry keyed by that pin
+/// routes elsewhere: made by a replay the cookie did not decide (a key's,
+/// under a cookie rule covering the key's path). The replay goes home and
+/// invalidates it; kept, it would add a hop to every request of that pin.
 #[test]
 fn cookie_pins_under_the_session_cache() {
     let s = cached(ReplayCache::Session);
@@ -171,6 +173,15 @@ fn cookie_pins_under_the_session_cache() {
     );
     assert!(d.set_cookie().is_some(), "re-pinned here");
     let d = s.decide(&Req::get("/").cookie(T).header(HIT.0, HIT.1));
+    assert_eq!(
+        replay_of(&d),
+        (Some("prefer_instance=90801679a10038"), Some("invalidate"))
+    );
+    // Without a cache the same request is an ordinary replay.
+    let d = Sticky::builder()
+        .build(Env::machine(S))
+        .unwrap()
+        .decide(&Req::get("/").cookie(T).header(HIT.0, HIT.1));
     assert_eq!(
         replay_of(&d),
         (Some("prefer_instance=90801679a10038"), None)

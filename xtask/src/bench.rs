@@ -11,6 +11,8 @@
 //!    loopback.
 //! 3. The cost of one replay hop: 2 Machines of example-axum behind flysim,
 //!    direct vs through the proxy vs through the proxy with one replay.
+//! 4. Fly's replay cache off vs on: a pinned user's requests through flysim
+//!    at 3 and 10 Machines (replays per request, latency).
 //!
 //! It prints the tables and writes `BENCHMARKS.md` and `docs/benchmarks.svg`.
 
@@ -20,6 +22,7 @@ use std::time::{Duration, Instant};
 use crate::{FRAMEWORKS, build_examples, cargo, root, run as run_step, target_dir};
 
 mod ab;
+mod cache;
 mod chart;
 mod hop;
 mod micro;
@@ -172,6 +175,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         }
     };
 
+    phase = Instant::now();
+    let cache = match (binaries.iter().find(|(fw, _)| fw == "axum"), &flysim) {
+        (Some((_, app)), Some(flysim)) => {
+            let rows = cache::run(flysim, app, &plan, &pinning, &logs)?;
+            phases.push(("replay cache off vs on", phase.elapsed()));
+            Some(rows)
+        }
+        _ => None,
+    };
+
     machine.finish(started.elapsed());
     let run = report::Run {
         plan: &plan,
@@ -180,6 +193,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         allocations,
         adapters: &adapters,
         hop: hop.as_deref(),
+        cache: cache.as_deref(),
         phases: &phases,
     };
     println!("\n{}", run.console());

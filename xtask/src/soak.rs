@@ -18,7 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use flysim::{ChildOutput, Config, EventKind, FlySim, Launch, Signal};
+use flysim::{
+    ChildOutput, Config, EventKind, FlySim, Launch, ReplayCacheRule, ReplayCacheStats, Signal,
+};
 
 use crate::{FRAMEWORKS, build_examples, root};
 
@@ -41,6 +43,8 @@ pub(crate) struct Options {
     pub(crate) drain_seconds: u64,
     pub(crate) seed: u64,
     pub(crate) frameworks: Vec<String>,
+    /// Runs without (`false`) and with (`true`) the replay cache, in this order.
+    pub(crate) caches: Vec<bool>,
     /// Write RELIABILITY.md even when this is not a full default run.
     pub(crate) write: bool,
 }
@@ -52,7 +56,8 @@ const DRAIN_SECONDS: u64 = 2;
 const SEED: u64 = 0x5eed_50a4;
 
 const USAGE: &str = "usage: cargo xtask soak [--quick] [--clients N] [--requests N] \
-                     [--think-ms N] [--drain-seconds N] [--seed N] [--write] [FRAMEWORK..]";
+                     [--think-ms N] [--drain-seconds N] [--seed N] [--cache off|on|both] \
+                     [--write] [FRAMEWORK..]";
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
@@ -63,6 +68,7 @@ impl Options {
         let mut think_ms = THINK_MS;
         let mut drain_seconds = DRAIN_SECONDS;
         let mut seed = SEED;
+        let mut caches = vec![false, true];
         let mut frameworks = Vec::new();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -79,6 +85,14 @@ impl Options {
                 "--think-ms" => think_ms = number("--think-ms")?,
                 "--drain-seconds" => drain_seconds = number("--drain-seconds")?,
                 "--seed" => seed = number("--seed")?,
+                "--cache" => {
+                    caches = match it.next().map(String::as_str) {
+                        Some("off") => vec![false],
+                        Some("on") => vec![true],
+                        Some("both") => vec![false, true],
+                        _ => return Err(format!("--cache takes off, on or both\n{USAGE}")),
+                    }
+                }
                 fw if FRAMEWORKS.contains(&fw) => frameworks.push(fw.to_owned()),
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
@@ -102,6 +116,7 @@ impl Options {
             drain_seconds,
             seed,
             frameworks,
+            caches,
             write,
         })
     }
@@ -112,6 +127,7 @@ impl Options {
             && (self.clients, self.requests) == FULL
             && self.think_ms == THINK_MS
             && self.drain_seconds == DRAIN_SECONDS
+            && self.caches.len() == 2
             && self.frameworks.len() == FRAMEWORKS.len()
     }
 
@@ -137,6 +153,9 @@ impl Options {
         if self.seed != SEED {
             let _ = write!(cmd, " --seed {}", self.seed);
         }
+        if let [only] = self.caches[..] {
+            cmd.push_str(if only { " --cache on" } else { " --cache off" });
+        }
         if self.frameworks.len() != FRAMEWORKS.len() {
             cmd.push(' ');
             cmd.push_str(&self.frameworks.join(" "));
@@ -145,10 +164,15 @@ impl Options {
     }
 }
 
-/// One framework's run.
+/// One framework's run, without or with the replay cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Run {
+    /// The framework, with ` +cache` for the run with the replay cache.
     pub(crate) framework: String,
+    /// The framework alone.
+    pub(crate) base: String,
+    /// The cache's counters, for the run with the replay cache.
+    pub(crate) cache: Option<ReplayCacheStats>,
     pub(crate) figures: Figures,
     pub(crate) faults: Vec<Fault>,
     /// From the first request to the last answer.
@@ -190,18 +214,24 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
     let mut runs = Vec::new();
     for (framework, binary) in &binaries {
-        eprintln!(
-            "\n==> soak: {framework}: 3 Machines behind flysim, {} clients, {} requests, {} ms mean pause",
-            opts.clients, opts.requests, opts.think_ms
-        );
-        let run = runtime.block_on(soak(framework, binary, &opts))?;
-        eprintln!("{}", report::summary_line(&run));
-        runs.push(run);
+        for &cache in &opts.caches {
+            eprintln!(
+                "\n==> soak: {framework}: 3 Machines behind flysim{}, {} clients, {} requests, {} ms mean pause",
+                if cache { " with the replay cache" } else { "" },
+                opts.clients,
+                opts.requests,
+                opts.think_ms
+            );
+            let run = runtime.block_on(soak(framework, binary, &opts, cache))?;
+            eprintln!("{}", report::summary_line(&run));
+            runs.push(run);
+        }
     }
     let took = began.elapsed();
     let mut info = info_start;
     info.finish(took, build_time);
     println!("\n{}", report::table(&runs));
+    println!("{}", report::cache_table(&runs));
     println!("{}", report::verdicts(&runs));
     println!(
         "took {} ({} of it building the examples)",
@@ -228,8 +258,14 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The rule `examples/fly.toml` ships: the pin cookie keys the cache on `/`.
+pub(crate) fn pin_cookie_rule() -> Result<ReplayCacheRule, String> {
+    ReplayCacheRule::cookie("/", "fly-machine-id", Duration::from_secs(300))
+        .map_err(|e| format!("replay cache rule: {e}"))
+}
+
 /// One framework: the cluster, the clients, the faults, the figures.
-async fn soak(framework: &str, binary: &Path, opts: &Options) -> Result<Run, String> {
+async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Result<Run, String> {
     let launch = Launch::command(binary.to_string_lossy().into_owned(), Vec::<String>::new())
         .env("DRAIN_SECONDS", opts.drain_seconds.to_string());
     let config = Config::default()
@@ -243,6 +279,11 @@ async fn soak(framework: &str, binary: &Path, opts: &Options) -> Result<Run, Str
         // (the examples drain on SIGTERM, serve DRAIN_SECONDS, then exit).
         .kill_signal(Some(Signal::Term))
         .kill_timeout(Duration::from_secs(opts.drain_seconds + 10));
+    let config = if cache {
+        config.replay_cache(pin_cookie_rule()?)
+    } else {
+        config
+    };
     let sim = FlySim::start(config, launch)
         .await
         .map_err(|e| format!("{framework}: flysim did not start: {e}"))?;
@@ -275,6 +316,7 @@ async fn soak(framework: &str, binary: &Path, opts: &Options) -> Result<Run, Str
         .filter(|e| e.is_error() && e.kind != EventKind::Lifecycle)
         .map(|e| e.code.unwrap_or_else(|| format!("{:?}", e.kind)))
         .collect();
+    let cache_stats = cache.then(|| sim.replay_cache_stats());
     sim.shutdown().await;
     let records = traffic.records();
     let traffic_time = records.iter().map(|r| r.end).max().unwrap_or_default();
@@ -296,7 +338,13 @@ async fn soak(framework: &str, binary: &Path, opts: &Options) -> Result<Run, Str
     };
     let figures = metrics::compute(&records, &faults);
     Ok(Run {
-        framework: framework.to_owned(),
+        framework: if cache {
+            format!("{framework} +cache")
+        } else {
+            framework.to_owned()
+        },
+        base: framework.to_owned(),
+        cache: cache_stats,
         figures,
         faults,
         traffic_time,
@@ -334,5 +382,10 @@ mod tests {
         assert!(Options::parse(&args(&["--clients"])).is_err());
         assert!(Options::parse(&args(&["--clients", "5", "--requests", "4"])).is_err());
         assert!(Options::parse(&args(&["flask"])).is_err());
+        let on = Options::parse(&args(&["--cache", "on"])).unwrap();
+        assert_eq!(on.caches, [true]);
+        assert!(!on.is_full());
+        assert_eq!(on.command(), "cargo xtask soak --cache on");
+        assert!(Options::parse(&args(&["--cache", "maybe"])).is_err());
     }
 }

@@ -12,7 +12,9 @@
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
-//!   Fly's internal DNS, see `sticky-peers`).
+//!   Fly's internal DNS, see `sticky-peers`);
+//! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
+//!   affinity on the path segment, its replays cacheable by path.
 //!
 //! actix-web builds one `App` per worker thread, so the handler counter lives
 //! in a [`Contract`] that is built once and shared by every worker's app.
@@ -35,14 +37,19 @@ pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
-/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
+/// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
+/// affinity before the cookie, replays kept cacheable for the `replay_cache`
+/// rule of `examples/fly.toml`, and a room's replays naming its path for
+/// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -108,6 +115,7 @@ impl Contract {
             .route("/upload", web::post().to(upload))
             .route("/ws", web::get().to(ws))
             .route("/api/tenant", web::get().to(tenant))
+            .route("/rooms/{room}", web::get().to(room))
             .wrap(sticky_actix_web::StickyMiddleware::new(self.sticky.clone()))
     }
 }
@@ -129,6 +137,11 @@ async fn tenant(state: web::Data<State>, req: HttpRequest) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     format!("machine={} tenant={tenant}", state.machine)
+}
+
+async fn room(state: web::Data<State>, room: web::Path<String>) -> String {
+    state.count();
+    format!("machine={} room={room}", state.machine)
 }
 
 async fn upload(state: web::Data<State>, body: web::Bytes) -> String {

@@ -11,7 +11,9 @@
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
-//!   Fly's internal DNS, see `sticky-peers`).
+//!   Fly's internal DNS, see `sticky-peers`);
+//! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
+//!   affinity on the path segment, its replays cacheable by path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +22,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -43,14 +45,19 @@ impl App {
 }
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
-/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
+/// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
+/// affinity before the cookie, replays kept cacheable for the `replay_cache`
+/// rule of `examples/fly.toml`, and a room's replays naming its path for
+/// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -66,6 +73,7 @@ pub fn app(sticky: Sticky) -> Router {
         .route("/upload", post(upload))
         .route("/ws", get(ws))
         .route("/api/tenant", get(tenant))
+        .route("/rooms/{room}", get(room))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(state)
         .layer(StickyLayer::new(sticky))
@@ -83,6 +91,11 @@ async fn tenant(State(app): State<App>, headers: HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
     format!("machine={} tenant={tenant}", app.machine)
+}
+
+async fn room(State(app): State<App>, Path(room): Path<String>) -> String {
+    app.count();
+    format!("machine={} room={room}", app.machine)
 }
 
 async fn upload(State(app): State<App>, body: Bytes) -> String {

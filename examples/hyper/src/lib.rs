@@ -16,7 +16,9 @@
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
-//!   Fly's internal DNS, see `sticky-peers`).
+//!   Fly's internal DNS, see `sticky-peers`);
+//! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
+//!   affinity on the path segment, its replays cacheable by path.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -42,14 +44,19 @@ use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
 pub type Res = Response<Full<Bytes>>;
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
-/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
+/// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
+/// affinity before the cookie, replays kept cacheable for the `replay_cache`
+/// rule of `examples/fly.toml`, and a room's replays naming its path for
+/// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -87,7 +94,17 @@ impl App {
             "/" | "/health" | "/upload" | "/ws" | "/api/tenant" => {
                 empty(StatusCode::METHOD_NOT_ALLOWED)
             }
-            _ => empty(StatusCode::NOT_FOUND),
+            path => match path.strip_prefix("/rooms/") {
+                Some(room) if !room.is_empty() && !room.contains('/') => {
+                    if get {
+                        self.count();
+                        text(format!("machine={} room={room}", self.machine))
+                    } else {
+                        empty(StatusCode::METHOD_NOT_ALLOWED)
+                    }
+                }
+                _ => empty(StatusCode::NOT_FOUND),
+            },
         }
     }
 

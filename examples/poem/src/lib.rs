@@ -10,7 +10,9 @@
 //! - `GET /ws` is a WebSocket that echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
-//!   Fly's internal DNS, see `sticky-peers`).
+//!   Fly's internal DNS, see `sticky-peers`);
+//! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
+//!   affinity on the path segment, its replays cacheable by path.
 //!
 //! `<id>` is the Machine ID, or `local` when not on Fly; `n` counts the
 //! handler runs of this process (every route but `/health`).
@@ -44,8 +46,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use poem::listener::TcpAcceptor;
-use poem::web::Data;
 use poem::web::websocket::{Message, WebSocket};
+use poem::web::{Data, Path};
 use poem::{
     Body, Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post,
 };
@@ -59,14 +61,18 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The engine the contract asks for: defaults, except that `/health` is
 /// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
-/// before the cookie; replays stay cacheable for the `replay_cache` rule of
-/// `examples/fly.toml`.
+/// before the cookie, as are rooms (`/rooms/<room>`); replays stay cacheable
+/// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
+/// name its path for Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -87,6 +93,12 @@ impl State {
 fn index(Data(state): Data<&Arc<State>>) -> String {
     let n = state.count();
     format!("machine={} handled={n}", state.machine)
+}
+
+#[handler]
+fn room(Data(state): Data<&Arc<State>>, Path(room): Path<String>) -> String {
+    state.count();
+    format!("machine={} room={room}", state.machine)
 }
 
 #[handler]
@@ -140,6 +152,7 @@ pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
         .at("/upload", post(upload))
         .at("/ws", get(ws))
         .at("/api/tenant", get(tenant))
+        .at("/rooms/:room", get(room))
         .data(state)
         .with(sticky_poem::StickyMiddleware::new(sticky))
 }

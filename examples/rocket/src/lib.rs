@@ -13,6 +13,7 @@
 //! | `POST /upload` | reads the whole body (up to [`UPLOAD_LIMIT`]), `machine=<id> bytes=<len>` |
 //! | `GET /ws` | WebSocket echo: each text message comes back as `<id>:<message>` |
 //! | `GET /api/tenant` | `machine=<id> tenant=<value>`, pinned by key affinity on `x-tenant-id` (live set: `STICKY_PEERS` or Fly's DNS, see `sticky-peers`) |
+//! | `GET /rooms/<room>` | `machine=<id> room=<room>`, pinned by key affinity on the path segment, its replays cacheable by path |
 //!
 //! `<id>` is the Machine ID (`local` when not on Fly) and `<n>` the number of
 //! handler runs on this process (every route but `/health` counts).
@@ -42,14 +43,18 @@ pub const UPLOAD_LIMIT: ByteUnit = ByteUnit::Mebibyte(32);
 
 /// The engine of the app contract: defaults, except that `/health` is
 /// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
-/// before the cookie; replays stay cacheable for the `replay_cache` rule of
-/// `examples/fly.toml`.
+/// before the cookie, as are rooms (`/rooms/<room>`); replays stay cacheable
+/// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
+/// name its path for Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn engine(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -117,6 +122,12 @@ impl<'r> FromRequest<'r> for Tenant {
     }
 }
 
+#[get("/rooms/<room>")]
+fn room(app: &State<App>, room: &str) -> String {
+    app.count();
+    format!("machine={} room={room}", app.id)
+}
+
 #[get("/api/tenant")]
 fn tenant(app: &State<App>, tenant: Tenant) -> String {
     app.count();
@@ -171,7 +182,7 @@ pub fn app(sticky: Sticky, config: Config) -> Rocket<Build> {
     };
     rocket::custom(config)
         .manage(state)
-        .mount("/", routes![index, health, upload, ws, tenant])
+        .mount("/", routes![index, health, upload, ws, tenant, room])
         .attach(sticky_rocket::StickyFairing::new(sticky))
 }
 

@@ -11,7 +11,9 @@
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
-//!   Fly's internal DNS, see `sticky-peers`).
+//!   Fly's internal DNS, see `sticky-peers`);
+//! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
+//!   affinity on the path segment, its replays cacheable by path.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -46,14 +48,19 @@ impl App {
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
 /// The engine with the contract's settings: defaults, `/health` excluded,
-/// tenants (`x-tenant-id`) pinned by key affinity before the cookie, and
-/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`.
+/// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
+/// affinity before the cookie, replays kept cacheable for the `replay_cache`
+/// rule of `examples/fly.toml`, and a room's replays naming its path for
+/// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.into()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: Duration::from_secs(60),
+        })
         .build(env)
 }
 
@@ -95,6 +102,13 @@ pub fn app(
             let tenant = tenant.unwrap_or_default();
             format!("machine={} tenant={tenant}", app.machine).into_response()
         });
+    let room = warp::get()
+        .and(warp::path!("rooms" / String))
+        .and(with_app.clone())
+        .map(|room: String, app: App| {
+            app.count();
+            format!("machine={} room={room}", app.machine).into_response()
+        });
     let ws = warp::path!("ws")
         .and(with_app)
         .and(warp::ws())
@@ -112,6 +126,8 @@ pub fn app(
         .or(ws)
         .unify()
         .or(tenant)
+        .unify()
+        .or(room)
         .unify();
     // The engine's tenant header is fetched automatically.
     StickyWrap::new(sticky).wrap(routes)

@@ -80,17 +80,28 @@ pub trait App: Send + Sync + 'static {
 /// The request header that pins `GET /api/tenant` by key affinity.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
+/// The path prefix whose next segment pins `GET /rooms/<room>` by key affinity.
+pub const ROOMS_PREFIX: &str = "/rooms/";
+
+/// How long Fly's cache keeps a room's path entry (`fly-replay-cache-ttl-secs`).
+pub const ROOM_CACHE_TTL: Duration = Duration::from_secs(60);
+
 /// The engine every example builds: the defaults with `/health` excluded,
-/// plus key affinity on the `x-tenant-id` header, consulted first (its live
-/// set comes from `STICKY_PEERS` or Fly's DNS, see `sticky-peers`), and
-/// replays kept cacheable for the `replay_cache` rule of `examples/fly.toml`
-/// ([`ReplayCache::Session`]; harmless where no cache is configured).
+/// plus key affinity on the `x-tenant-id` header and on the room segment
+/// of `/rooms/<room>`, consulted first (the live set comes from
+/// `STICKY_PEERS` or Fly's DNS, see `sticky-peers`); replays stay cacheable
+/// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
+/// name its path for Fly's cache ([`ReplayCache::Path`]; harmless where no
+/// cache is configured).
 pub fn contract_sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
         .exclude(["/health"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.to_owned()))
-        .replay_cache(ReplayCache::Session)
+        .key_source(KeySource::PathSegment(ROOMS_PREFIX.to_owned()))
+        .replay_cache(ReplayCache::Path {
+            ttl: ROOM_CACHE_TTL,
+        })
         .build(env)
 }
 

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use flysim::{Config, FlySim, Launch, ReplayCacheRule, ReplayCacheStats};
+use flysim::{Config, FlySim, FlyToml, Launch, ReplayCacheRule, ReplayCacheStats};
 use sticky_core::{Env, Peer, PeerSet};
 
 use crate::TENANT_HEADER;
@@ -51,18 +51,13 @@ pub(crate) struct Env0 {
     pub(crate) h2_backend: bool,
 }
 
-/// How long cache entries live in the cache runs (as in `examples/fly.toml`).
-const CACHE_TTL: Duration = Duration::from_secs(300);
+/// The deploy kit: the cache runs use exactly its `replay_cache` rules (the
+/// pin cookie on `/`, the tenant header on `/api/tenant`).
+const FLY_TOML: &str = include_str!("../../../examples/fly.toml");
 
-/// The replay cache rules of the cache runs: the pin cookie on `/` (the rule
-/// `examples/fly.toml` ships) and the tenant header on `/api/tenant`.
-fn cache_rules() -> Result<[ReplayCacheRule; 2], String> {
-    let cookie = ReplayCacheRule::cookie("/", "fly-machine-id", CACHE_TTL);
-    let tenant = ReplayCacheRule::header("/api/tenant", TENANT_HEADER, CACHE_TTL);
-    match (cookie, tenant) {
-        (Ok(c), Ok(t)) => Ok([c, t]),
-        (Err(e), _) | (_, Err(e)) => Err(format!("cache rule: {e}")),
-    }
+fn cache_rules() -> Result<Vec<ReplayCacheRule>, String> {
+    let file = FlyToml::parse(FLY_TOML, "examples/fly.toml").map_err(|e| e.to_string())?;
+    Ok(file.replay_cache)
 }
 
 macro_rules! ensure {

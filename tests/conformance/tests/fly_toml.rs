@@ -1,5 +1,5 @@
-//! `examples/fly.toml` agrees with the code: the replay cache rule names
-//! the pin cookie, the port is the one the examples listen on, the kill
+//! `examples/fly.toml` agrees with the code: the replay cache rules name
+//! the pin cookie and the tenant header, the port is the one the examples listen on, the kill
 //! signal is the one they drain on and its timeout outlasts the drain, and
 //! the health check is a path the middleware never makes sticky.
 
@@ -20,11 +20,22 @@ fn the_deploy_kit_agrees_with_the_code() {
     let text = std::fs::read_to_string(FILE).expect("examples/fly.toml");
     let file = FlyToml::parse(&text, "examples/fly.toml").expect("flysim reads it");
 
-    // The cache rule keys on the cookie the engine writes, for every path.
-    let rule = file.replay_cache.first().expect("a replay_cache rule");
-    assert_eq!(rule.kind(), CacheKeyKind::Cookie);
-    assert_eq!(rule.name(), DEFAULT_COOKIE_NAME);
-    assert_eq!(rule.path_prefix(), "/");
+    // The cache rules key on the cookie the engine writes, for every path,
+    // and on the tenant header for the tenant API (the longest prefix
+    // decides alone, so the cookie rule never remembers a tenant's replay).
+    let [pin, tenant] = &file.replay_cache[..] else {
+        panic!("two replay_cache rules: {:?}", file.replay_cache);
+    };
+    assert_eq!(pin.kind(), CacheKeyKind::Cookie);
+    assert_eq!(pin.name(), DEFAULT_COOKIE_NAME);
+    assert_eq!(pin.path_prefix(), "/");
+    assert_eq!(tenant.kind(), CacheKeyKind::Header);
+    assert_eq!(tenant.name(), conformance::TENANT_HEADER);
+    assert_eq!(
+        tenant.path_prefix(),
+        "/api/tenant",
+        "the examples' tenant API"
+    );
 
     // The port Fly sends to is the one the examples read from PORT.
     let port: u16 = env_var(&text, "PORT").expect("[env] PORT").parse().unwrap();

@@ -62,9 +62,9 @@ struct Route {
 }
 
 /// A Machine as the admin interface reports it.
-struct MachineState {
-    id: String,
-    addr: Option<SocketAddr>,
+pub(super) struct MachineState {
+    pub(super) id: String,
+    pub(super) addr: Option<SocketAddr>,
     started: bool,
     replays_sent: u64,
 }
@@ -72,34 +72,49 @@ struct MachineState {
 /// The flysim process. Dropping it sends SIGTERM (flysim then stops its
 /// Machines), waits up to 5 s, and SIGKILLs flysim and the Machine processes it
 /// started if they are still there.
-struct Flysim {
+pub(super) struct Flysim {
     child: Child,
     admin: SocketAddr,
-    front: SocketAddr,
+    pub(super) front: SocketAddr,
     /// The Machine processes, as started: (pid, program).
     machine_pids: Vec<(u32, String)>,
     log: std::path::PathBuf,
 }
 
 impl Flysim {
-    fn start(flysim: &Path, app: &Path, pinning: &Pinning, logs: &Path) -> Result<Flysim, String> {
+    /// `machines` Machines of `app` behind the flysim binary, with `extra`
+    /// flysim arguments; its log is `logs/<name>.log`.
+    pub(super) fn start(
+        flysim: &Path,
+        app: &Path,
+        pinning: &Pinning,
+        logs: &Path,
+        (name, machines, extra): (&str, usize, &[&str]),
+    ) -> Result<Flysim, String> {
         let front = free_port()?;
         let admin = free_port()?;
-        let log = logs.join("flysim.log");
+        let log = logs.join(format!("{name}.log"));
         let out = File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
         let err = out
             .try_clone()
             .map_err(|e| format!("{}: {e}", log.display()))?;
         // Pinned like the servers of the A/B runs; the Machines inherit the CPU.
         let mut cmd = pinned_command(flysim, pinning.server);
-        cmd.args(["--machines", "2", "--port", &front.to_string()])
-            .args(["--admin-port", &admin.to_string()])
-            .args(["--app", "sticky-bench", "--child-output", "null", "--"])
-            .arg(app)
-            .env("RUST_LOG", "flysim=warn")
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
+        cmd.args([
+            "--machines",
+            &machines.to_string(),
+            "--port",
+            &front.to_string(),
+        ])
+        .args(["--admin-port", &admin.to_string()])
+        .args(["--app", "sticky-bench", "--child-output", "null"])
+        .args(extra)
+        .arg("--")
+        .arg(app)
+        .env("RUST_LOG", "flysim=warn")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
         let child = cmd
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", flysim.display()))?;
@@ -116,15 +131,15 @@ impl Flysim {
                 let log = std::fs::read_to_string(&sim.log).unwrap_or_default();
                 return Err(format!("flysim exited during start-up ({status}):\n{log}"));
             }
-            if let Ok(machines) = sim.machines()
-                && machines.len() == 2
-                && machines.iter().all(|m| m.started && m.addr.is_some())
+            if let Ok(up) = sim.machines()
+                && up.len() == machines
+                && up.iter().all(|m| m.started && m.addr.is_some())
             {
                 break;
             }
             if Instant::now() >= deadline {
                 return Err(format!(
-                    "flysim's 2 Machines were not up within 30 s (log: {})",
+                    "flysim's {machines} Machines were not up within 30 s (log: {})",
                     sim.log.display()
                 ));
             }
@@ -138,7 +153,7 @@ impl Flysim {
         Ok(sim)
     }
 
-    fn machines(&self) -> Result<Vec<MachineState>, String> {
+    pub(super) fn machines(&self) -> Result<Vec<MachineState>, String> {
         let answer = http_get(self.admin, "/machines", &[]).map_err(|e| e.to_string())?;
         if answer.status != 200 {
             return Err(format!("admin GET /machines: {}", answer.status));
@@ -157,8 +172,21 @@ impl Flysim {
             .collect())
     }
 
-    fn replays_sent(&self) -> Result<u64, String> {
+    pub(super) fn replays_sent(&self) -> Result<u64, String> {
         Ok(self.machines()?.iter().map(|m| m.replays_sent).sum())
+    }
+
+    /// Requests the replay cache routed so far (`GET /replay-cache`).
+    pub(super) fn cache_hits(&self) -> Result<u64, String> {
+        let answer = http_get(self.admin, "/replay-cache", &[]).map_err(|e| e.to_string())?;
+        if answer.status != 200 {
+            return Err(format!("admin GET /replay-cache: {}", answer.status));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&answer.body)
+            .map_err(|e| format!("admin /replay-cache: {e}"))?;
+        value["stats"]["hits"]
+            .as_u64()
+            .ok_or_else(|| "admin /replay-cache: no stats.hits".to_owned())
     }
 }
 
@@ -221,7 +249,7 @@ pub(crate) fn run(
     pinning: &Pinning,
     logs: &Path,
 ) -> Result<Vec<HopRow>, String> {
-    let sim = Flysim::start(flysim, app, pinning, logs)?;
+    let sim = Flysim::start(flysim, app, pinning, logs, ("flysim", 2, &[]))?;
     let machines = sim.machines()?;
     let [m1, m2] = machines.as_slice() else {
         return Err(format!("flysim runs {} Machines, not 2", machines.len()));

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::ab::AbResult;
+use super::cache::CacheRow;
 use super::hop::HopRow;
 use super::micro::{CoreBench, find};
 use super::server::Pinning;
@@ -72,6 +73,8 @@ pub(crate) struct Run<'a> {
     pub(crate) allocations: bool,
     pub(crate) adapters: &'a [AbResult],
     pub(crate) hop: Option<&'a [HopRow]>,
+    /// Fly's replay cache off and on, at each size.
+    pub(crate) cache: Option<&'a [CacheRow]>,
     /// How long each part took.
     pub(crate) phases: &'a [(&'static str, Duration)],
 }
@@ -242,6 +245,29 @@ impl Run<'_> {
         t
     }
 
+    fn cache_table(rows: &[CacheRow]) -> String {
+        let mut t = String::from(
+            "| Machines | replay cache | replays / request | cache hits / request | 1 connection: p50 | p99 | 32 connections: req/s | p50 | p99 |\n\
+             |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in rows {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {:.3} | {:.3} | {} | {} | {:.0} | {} | {} |",
+                r.machines,
+                if r.cache { "on" } else { "off" },
+                r.replays_per_request,
+                r.hits_per_request,
+                us(r.single_p50()),
+                us(r.single_p99()),
+                r.rps(),
+                us(r.p50()),
+                us(r.p99()),
+            );
+        }
+        t
+    }
+
     fn machine_list(&self) -> String {
         let m = self.machine;
         format!(
@@ -330,6 +356,15 @@ impl Run<'_> {
                 self.plan.hop_rounds,
                 self.plan.duration.as_secs(),
                 self.hop_table(rows)
+            );
+        }
+        if let Some(rows) = self.cache {
+            let _ = writeln!(
+                out,
+                "Fly's replay cache off vs on, a pinned user through flysim ({} rounds x {} s)\n{}",
+                self.plan.hop_rounds,
+                self.plan.duration.as_secs(),
+                Self::cache_table(rows)
             );
         }
         let _ = writeln!(out, "Machine\n{}\n{}", self.machine_list(), self.noise());
@@ -441,6 +476,29 @@ impl Run<'_> {
                 dur = p.duration.as_secs(),
                 conns = p.connections,
                 table = self.hop_table(rows),
+            );
+        }
+
+        if let Some(rows) = self.cache {
+            let _ = write!(
+                md,
+                "## Zero-hop stickiness: Fly's replay cache off and on\n\n\
+                 A pinned user's requests through flysim, at 3 and 10 Machines of example-axum \
+                 (release). Two flysim processes run side by side with the same Machine \
+                 count: one without a replay cache, one with the rule `examples/fly.toml` \
+                 ships (`--replay-cache {rule}`). Every request carries the cookie naming \
+                 Machine 1, as a pinned browser's do, and flysim balances round-robin: \
+                 without the cache (N-1)/N of the requests reach another Machine first and \
+                 are replayed; with it, the first replay is remembered and every later \
+                 request is routed home by the cache (`fly-replay-cache-status: hit`). Each \
+                 side is measured {rounds} times ({dur} s each, off then on in odd rounds, on \
+                 then off in even ones) with wrk twice, with 1 connection and with {conns}; \
+                 replays and hits are flysim's admin counters over the measured runs.\n\n{table}\n",
+                rule = super::cache::RULE,
+                rounds = p.hop_rounds,
+                dur = p.duration.as_secs(),
+                conns = p.connections,
+                table = Self::cache_table(rows),
             );
         }
 

@@ -122,11 +122,40 @@ const HEAD: [&str; 11] = [
     "traffic time",
 ];
 
-/// The table for the terminal.
-pub(crate) fn table(runs: &[Run]) -> String {
-    let rows = rows(runs);
-    let mut widths = HEAD.map(str::len);
-    for row in &rows {
+const CACHE_HEAD: [&str; 7] = [
+    "framework",
+    "replays / request, cache off",
+    "replays / request, cache on",
+    "cache hits / request",
+    "lost, off / on",
+    "affinity outside fault windows, cache on",
+    "stranded re-pinned on their next request, cache on",
+];
+
+/// Cache off beside cache on, per framework that ran both ways.
+fn cache_rows(runs: &[Run]) -> Vec<[String; 7]> {
+    let mut rows = Vec::new();
+    for on in runs.iter().filter(|r| r.cache.is_some()) {
+        let Some(off) = runs.iter().find(|r| r.cache.is_none() && r.base == on.base) else {
+            continue;
+        };
+        let hits = on.cache.map_or(0, |c| c.hits);
+        rows.push([
+            on.base.clone(),
+            format!("{:.3}", off.replays_per_request()),
+            format!("{:.3}", on.replays_per_request()),
+            format!("{:.3}", hits as f64 / on.figures.requests.max(1) as f64),
+            format!("{} / {}", off.figures.lost(), on.figures.lost()),
+            affinity(&on.figures),
+            repinned(&on.figures),
+        ]);
+    }
+    rows
+}
+
+fn aligned<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
+    let mut widths = head.map(str::len);
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.len());
         }
@@ -140,12 +169,26 @@ pub(crate) fn table(runs: &[Run]) -> String {
             .collect();
         let _ = writeln!(out, "{}", parts.join("  ").trim_end());
     };
-    line(&HEAD.map(str::to_owned));
+    line(&head.map(str::to_owned));
     line(&widths.map(|w| "-".repeat(w)));
-    for row in &rows {
+    for row in rows {
         line(row);
     }
     out
+}
+
+/// The cache comparison for the terminal (empty unless both ways ran).
+pub(crate) fn cache_table(runs: &[Run]) -> String {
+    let rows = cache_rows(runs);
+    if rows.is_empty() {
+        return String::new();
+    }
+    aligned(CACHE_HEAD, &rows)
+}
+
+/// The table for the terminal.
+pub(crate) fn table(runs: &[Run]) -> String {
+    aligned(HEAD, &rows(runs))
 }
 
 /// One line per framework as it finishes.
@@ -222,7 +265,8 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
         "What users see while Machines come and go: every example app as 3 Machines \
          behind [flysim](tests/flysim) (the local Fly proxy), under a mixed load of \
          concurrent browser-like clients, while one Machine is destroyed, one is \
-         stopped then started, and one is drained. Figures of one run of `{}` ({}). \
+         stopped then started, and one is drained; each framework once without and once \
+         with Fly's replay cache (`+cache`). Figures of one run of `{}` ({}). \
          This file is written by that task: re-run it rather than editing it.\n",
         opts.command(),
         info.host.date
@@ -319,6 +363,38 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
          last answer.\n"
     );
 
+    let cache = cache_rows(runs);
+    if !cache.is_empty() {
+        let _ = writeln!(out, "## Fly's replay cache: off and on\n");
+        let _ = writeln!(
+            out,
+            "The same load and the same faults, once without and once with the \
+             replay cache rule of `examples/fly.toml` (`path_prefix = \"/\"`, `type = \
+             \"cookie\"`, `name = \"fly-machine-id\"`, `ttl_seconds = 300`): after a \
+             client's first replay, flysim routes its requests straight to its Machine.\n"
+        );
+        md_row(&mut out, &CACHE_HEAD.map(str::to_owned));
+        md_row(
+            &mut out,
+            &CACHE_HEAD.map(|h| {
+                if h == "framework" {
+                    "---".to_owned()
+                } else {
+                    "---:".to_owned()
+                }
+            }),
+        );
+        for row in &cache {
+            md_row(&mut out, row);
+        }
+        let _ = writeln!(
+            out,
+            "\nThe replays left with the cache on are each client's first one, and the \
+             moves the faults force (a destroyed, stopped or draining home, uploads no \
+             one can route); see the figures of each run below.\n"
+        );
+    }
+
     let _ = writeln!(out, "## Per framework\n");
     for run in runs {
         let f = &run.figures;
@@ -328,6 +404,13 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
             .map(|k| format!("{} {}", f.by_kind.get(k).copied().unwrap_or(0), k.name()))
             .collect();
         let _ = writeln!(out, "- requests: {}", mix.join(", "));
+        if let Some(c) = run.cache {
+            let _ = writeln!(
+                out,
+                "- replay cache: {} entries made, {} hits, {} misses, {} invalidations, {} replays not cached",
+                c.created, c.hits, c.misses, c.invalidations, c.not_cached
+            );
+        }
         let _ = writeln!(
             out,
             "- {} requests overlapped a fault window; {} counted for affinity, {} of them served by the pinned Machine",

@@ -57,8 +57,124 @@ async fn stays_home(c: &Cluster, client: &mut Client, home: &str, n: usize) -> R
     Ok(c.replays() - before)
 }
 
+/// Waits until every Machine, asked directly, maps each room to its owner
+/// in `set`: serves it when it owns it, else answers the replay to the
+/// owner. Before that, a Machine with a partial live set could send a room
+/// elsewhere, and the cache would remember that stale choice.
+async fn live_sets_settled(c: &Cluster, set: &PeerSet, rooms: &[String]) -> Result<(), String> {
+    let mut wrong = Vec::new();
+    for _ in 0..100 {
+        wrong.clear();
+        for m in c.sim.machines() {
+            let Some(addr) = m.addr else { continue };
+            for room in rooms {
+                let owner = set
+                    .pick(room.as_bytes(), None)
+                    .map(Peer::id)
+                    .unwrap_or_default();
+                let res = send(addr, &Request::get(format!("/rooms/{room}"))).await?;
+                let expected = if owner == m.id {
+                    res.status == 200 && res.machine().as_deref() == Some(owner)
+                } else {
+                    res.status == 307
+                        && res.one("fly-replay")
+                            == Some(&format!("prefer_instance={owner}") as &str)
+                };
+                if !expected {
+                    wrong.push(format!("{} for {room}: {}", m.id, res.summary()));
+                }
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("the live sets never settled: {}", wrong.join("; ")))
+}
+
+/// Visits each room until it is served by its owner in `set` (the live set
+/// reaches each Machine asynchronously) after a replay, so that the cache
+/// holds its path entry. A room that lands on its owner directly is tried
+/// again after a `GET /health`, which moves the round-robin balancer on.
+async fn rooms_settle(c: &Cluster, set: &PeerSet, rooms: &[String]) -> Result<(), String> {
+    live_sets_settled(c, set, rooms).await?;
+    for room in rooms {
+        let owner = set.pick(room.as_bytes(), None).map(Peer::id);
+        let mut last = None;
+        for _ in 0..100 {
+            let replays = c.replays();
+            let res = send(c.front(), &Request::get(format!("/rooms/{room}"))).await?;
+            ensure!(res.status == 200, "{room}: {}", res.summary());
+            if res.machine().as_deref() == owner && c.replays() > replays {
+                last = None;
+                break;
+            }
+            last = Some(res.summary());
+            send(c.front(), &Request::get("/health")).await?;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(last) = last {
+            return Err(format!(
+                "{room} was never replayed to its owner {owner:?}: {last}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn all() -> Vec<Scenario> {
     vec![
+        scenario!(
+            "cluster-room-path-cached",
+            Cluster,
+            "every user of a room lands on its Machine; its first replay names /rooms/<room>/* and the cache routes the rest",
+            |ctx| {
+                with_cluster(ctx, |c| {
+                    Box::pin(async move {
+                        let ids = c.sim.machine_ids();
+                        let set = PeerSet::new(ids.iter().cloned().map(Peer::new));
+                        let rooms: Vec<String> = (0..6).map(|r| format!("room-{r}")).collect();
+                        // The live set reaches each Machine asynchronously.
+                        rooms_settle(c, &set, &rooms).await?;
+                        let created = c.cache().created;
+                        let mut per_room = vec![0u64; rooms.len()];
+                        for visitor in 0..12 {
+                            for (i, room) in rooms.iter().enumerate() {
+                                let owner = set.pick(room.as_bytes(), None).map(Peer::id);
+                                let replays = c.replays();
+                                // Strangers and pinned users alike: the room decides.
+                                let mut req = Request::get(format!("/rooms/{room}"));
+                                if visitor % 2 == 1 {
+                                    req = req.cookie(&ids[visitor % ids.len()]);
+                                }
+                                let res = send(c.front(), &req).await?;
+                                ensure!(
+                                    res.status == 200
+                                        && res.machine().as_deref() == owner
+                                        && res.text().ends_with(&format!(" room={room}")),
+                                    "{room} (owner {owner:?}): {}",
+                                    res.summary()
+                                );
+                                per_room[i] += c.replays() - replays;
+                            }
+                        }
+                        ensure!(
+                            per_room.iter().all(|n| *n == 0),
+                            "after a room's first replay the cache should route its users: replays per room {per_room:?} ({:?})",
+                            c.cache()
+                        );
+                        ensure!(
+                            c.cache().hits > 0 && c.cache().created >= created,
+                            "no path entry routed a room: {:?}",
+                            c.cache()
+                        );
+                        Ok(())
+                    })
+                })
+                .await
+            }
+        ),
         scenario!(
             "cache-routes-pinned-client",
             Cache,
@@ -105,7 +221,8 @@ pub(super) fn all() -> Vec<Scenario> {
                         ensure!(res.status == 200, "after destroy: {}", res.summary());
                         let new_home = res.machine().ok_or("no machine")?;
                         ensure!(
-                            new_home != home && res.pinned_to().as_deref() == Some(&new_home as &str),
+                            new_home != home
+                                && res.pinned_to().as_deref() == Some(&new_home as &str),
                             "not re-pinned away from the destroyed {home}: {}",
                             res.summary()
                         );
@@ -141,7 +258,8 @@ pub(super) fn all() -> Vec<Scenario> {
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
-                        let res = moved.ok_or("the cached client never left the draining Machine")?;
+                        let res =
+                            moved.ok_or("the cached client never left the draining Machine")?;
                         ensure!(
                             c.cache().hits > hits,
                             "the move should start from a cache hit: {:?}",
@@ -154,7 +272,10 @@ pub(super) fn all() -> Vec<Scenario> {
                             res.summary()
                         );
                         let replays = stays_home(c, &mut client, &new_home, 10).await?;
-                        ensure!(replays <= 1, "the new pin should be cached, saw {replays} replays");
+                        ensure!(
+                            replays <= 1,
+                            "the new pin should be cached, saw {replays} replays"
+                        );
                         Ok(())
                     })
                 })
