@@ -124,6 +124,7 @@ struct Conf {
     signing: Option<SignC>,
     refresh: Option<RefreshC>,
     replay_cache: Option<CacheC>,
+    replay_unknown_length: Option<bool>,
 }
 
 #[derive(Arbitrary, Debug, Clone, Copy, PartialEq)]
@@ -584,6 +585,9 @@ fn build(conf: &Conf) -> (Result<Sticky, sticky_core::ConfigError>, Expect) {
                 ttl: Duration::from_secs(u64::from(ttl)),
             },
         });
+    }
+    if let Some(on) = conf.replay_unknown_length {
+        b = b.replay_unknown_length(on);
     }
     let on_fly = !conf.env.is_multiple_of(8);
     let env = if on_fly {
