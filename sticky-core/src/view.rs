@@ -130,23 +130,21 @@ mod http_impls {
     ) {
         // A request of a few headers (most are) is walked in order: a name
         // comparison per field costs less than hashing `name`, let alone
-        // parsing it (which `get_all(&str)` does every time). The names in
-        // the map are lowercase, so a lowercase `name` (as the engine's
-        // always are) is compared as it is; another that matched nothing
-        // takes the lookup, which lowercases it.
+        // parsing it (which `get_all(&str)` does every time). Names of
+        // another length are passed over at once; the names in the map are
+        // lowercase, as the engine's are, so an equal one matches at the
+        // first comparison, and case is ignored only when that fails.
         if map.keys_len() <= SCAN_MAX_FIELDS {
-            let mut found = false;
             for (field, value) in map {
-                if field.as_str() == name {
-                    found = true;
-                    if each(value.as_bytes()).is_break() {
-                        return;
-                    }
+                let field = field.as_str();
+                if field.len() == name.len()
+                    && (field == name || field.eq_ignore_ascii_case(name))
+                    && each(value.as_bytes()).is_break()
+                {
+                    return;
                 }
             }
-            if found || !name.bytes().any(|b| b.is_ascii_uppercase()) {
-                return;
-            }
+            return;
         }
         let values = match READ_HEADERS.iter().position(|h| *h == name) {
             Some(i) => map.get_all(&KNOWN[i]),
