@@ -61,9 +61,8 @@ impl Sticky {
         for &source in &self.inner.sources {
             let mut best: Option<Target<'a>> = None;
             let mut consider = |raw: &'a [u8]| -> bool {
-                match self.check(source, raw, now) {
-                    Ok(t) => {
-                        let mine = t.id.bytes() == me.as_bytes();
+                match self.check(source, raw, me, now) {
+                    Ok((t, mine)) => {
                         if best.is_none() || mine {
                             best = Some(t);
                         }
@@ -119,30 +118,42 @@ impl Sticky {
         }
     }
 
+    /// The target a raw value names, and whether it is this Machine.
     #[inline]
-    fn check<'a>(&self, source: Source, raw: &'a [u8], now: u64) -> Result<Target<'a>, Rejected> {
+    fn check<'a>(
+        &self,
+        source: Source,
+        raw: &'a [u8],
+        me: &str,
+        now: u64,
+    ) -> Result<(Target<'a>, bool), Rejected> {
         #[cfg(feature = "signed")]
         if let (Source::Cookie, Some(signer)) = (source, &self.inner.signer) {
             let v = signer.verify(raw, now)?;
             return if self.inner.format.accepts_bytes(v.id) {
-                Ok(Target {
+                let target = Target {
                     id: Id::Request(v.id),
                     source,
                     stamps: Some((v.issued, v.seen)),
                     room: None,
-                })
+                };
+                Ok((target, v.id == me.as_bytes()))
             } else {
                 Err(Rejected::Format)
             };
         }
         let _ = now;
-        if self.inner.format.accepts_bytes(raw) {
-            Ok(Target {
+        // This Machine's ID passed the format when the engine was built:
+        // the Stick path compares, and checks nothing more.
+        let mine = raw == me.as_bytes();
+        if mine || self.inner.format.accepts_bytes(raw) {
+            let target = Target {
                 id: Id::Request(raw),
                 source,
                 stamps: None,
                 room: None,
-            })
+            };
+            Ok((target, mine))
         } else {
             Err(Rejected::Format)
         }

@@ -84,6 +84,11 @@ mod http_impls {
 
     use crate::READ_HEADERS;
 
+    /// Up to this many distinct names, [`each_value`] walks the map rather
+    /// than looking the name up (measured in instructions: the walk is
+    /// cheaper below it).
+    const SCAN_MAX_FIELDS: usize = 12;
+
     /// [`READ_HEADERS`], parsed once.
     static KNOWN: [HeaderName; READ_HEADERS.len()] = [
         HeaderName::from_static(READ_HEADERS[0]),
@@ -123,6 +128,24 @@ mod http_impls {
         name: &str,
         each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
     ) {
+        // A request of a few headers (most are) is walked in order: a name
+        // comparison per field costs less than hashing `name`, let alone
+        // parsing it (which `get_all(&str)` does every time). Names of
+        // another length are passed over at once; the names in the map are
+        // lowercase, as the engine's are, so an equal one matches at the
+        // first comparison, and case is ignored only when that fails.
+        if map.keys_len() <= SCAN_MAX_FIELDS {
+            for (field, value) in map {
+                let field = field.as_str();
+                if field.len() == name.len()
+                    && (field == name || field.eq_ignore_ascii_case(name))
+                    && each(value.as_bytes()).is_break()
+                {
+                    return;
+                }
+            }
+            return;
+        }
         let values = match READ_HEADERS.iter().position(|h| *h == name) {
             Some(i) => map.get_all(&KNOWN[i]),
             None => map.get_all(name),

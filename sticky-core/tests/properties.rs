@@ -79,7 +79,23 @@ fn request() -> impl Strategy<Value = Req> {
         })
 }
 
+/// The engines every case runs on, undrained. Built once per test thread:
+/// the key engine's table (65,536 buckets) is computed at build time, and
+/// each test runs its cases on one thread, so a drain never leaks across
+/// tests.
 fn engines() -> Vec<Sticky> {
+    thread_local! {
+        static ENGINES: Vec<Sticky> = build_engines();
+    }
+    ENGINES.with(|engines| {
+        for sticky in engines {
+            sticky.undrain();
+        }
+        engines.clone()
+    })
+}
+
+fn build_engines() -> Vec<Sticky> {
     let env = || Env::machine(S);
     vec![
         Sticky::builder().build(env()).unwrap(),

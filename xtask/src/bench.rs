@@ -13,6 +13,9 @@
 //!    direct vs through the proxy vs through the proxy with one replay.
 //! 4. Fly's replay cache off vs on: a pinned user's requests through flysim
 //!    at 3 and 10 Machines (replays per request, latency).
+//! 5. Instruction counts under callgrind (`instructions.rs`; alone with
+//!    `--instructions`): `decide` per path, and every example ON vs OFF;
+//!    and key affinity at 3 to 1,000 Machines (`lookup.rs`, criterion).
 //!
 //! It prints the tables and writes `BENCHMARKS.md` and `docs/benchmarks.svg`.
 
@@ -25,6 +28,8 @@ mod ab;
 mod cache;
 mod chart;
 mod hop;
+mod instructions;
+mod lookup;
 mod micro;
 mod report;
 mod server;
@@ -105,14 +110,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut quick = false;
     let mut pin = true;
     let mut only = Vec::new();
+    let mut instructions_only = false;
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
+            "--instructions" => instructions_only = true,
             "--no-pin" => pin = false,
             fw if FRAMEWORKS.contains(&fw) => only.push(fw),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [{}..])",
+                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [--instructions] [{}..])",
                     FRAMEWORKS.join("|")
                 ));
             }
@@ -124,6 +131,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .copied()
         .filter(|fw| only.is_empty() || only.contains(fw))
         .collect();
+    if instructions_only {
+        return instructions::run_alone(&wanted, started);
+    }
 
     let wrk_version = wrk::ensure_installed()?;
     let pinning = server::Pinning::detect(pin);
@@ -147,6 +157,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 
     phase = Instant::now();
     let core = micro::criterion(&plan)?;
+    let keys = lookup::criterion(&plan)?;
     let allocations = micro::alloc_test()?;
     report::print_core(&core);
     phases.push(("decide benches + allocation test", phase.elapsed()));
@@ -185,6 +196,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         _ => None,
     };
 
+    phase = Instant::now();
+    let counts = instructions::run(&binaries, &logs)?;
+    phases.push(("instruction counts (callgrind)", phase.elapsed()));
+
     machine.finish(started.elapsed());
     let run = report::Run {
         plan: &plan,
@@ -201,7 +216,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let chart_path: PathBuf = root().join("docs").join("benchmarks.svg");
     chart::render(&chart_path, &adapters, hop.as_deref())?;
     let md_path = root().join("BENCHMARKS.md");
-    std::fs::write(&md_path, run.markdown()).map_err(|e| format!("{}: {e}", md_path.display()))?;
+    println!("{}", instructions::markdown(&counts));
+    let markdown = instructions::splice(&run.markdown(), &counts);
+    println!("{}", lookup::markdown(&keys, &plan));
+    let markdown = instructions::splice_section(
+        &markdown,
+        "keys",
+        "Key affinity: lookups and table rebuilds",
+        &lookup::markdown(&keys, &plan),
+        &lookup::budget_rows(&keys),
+    );
+    std::fs::write(&md_path, markdown).map_err(|e| format!("{}: {e}", md_path.display()))?;
     println!(
         "wrote {} and {} ({} run took {})",
         md_path.display(),

@@ -80,7 +80,7 @@ pub(crate) fn criterion(plan: &Plan) -> Result<Vec<CoreBench>, String> {
 }
 
 /// Reads `*/new/benchmark.json` + `estimates.json` written after `since`.
-fn read_estimates(group: &Path, since: SystemTime) -> Result<Vec<CoreBench>, String> {
+pub(crate) fn read_estimates(group: &Path, since: SystemTime) -> Result<Vec<CoreBench>, String> {
     let entries = std::fs::read_dir(group).map_err(|e| format!("{}: {e}", group.display()))?;
     let mut out = Vec::new();
     for entry in entries.flatten() {
