@@ -1,6 +1,7 @@
 //! `cargo xtask demo [--serve] [--port N]`: three Machines of example-axum
 //! (real processes) behind flysim, and a scripted client that shows the
-//! stickiness as a table.
+//! stickiness as a table. `--serve` keeps the cluster up and prints two URLs
+//! for a browser: the app's page (`/app`) and flysim's dashboard.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -40,14 +41,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             .map_err(|e| format!("flysim: {e}"))?;
         let result = script(&sim).await;
         if result.is_ok() && serve {
-            println!(
-                "\nThe cluster stays up. Open {} in a browser (Ctrl-C to stop).",
-                sim.url()
-            );
+            println!("\nThe cluster stays up (Ctrl-C to stop). Open in a browser:");
+            println!("  the app:       {}/app", sim.url());
             if let Some(admin) = sim.admin_addr() {
-                println!(
-                    "Admin: curl http://{admin}/machines   (POST /machines/<id>/stop|start|destroy)"
-                );
+                println!("  the dashboard: http://{admin}/   (stop, start, drain, destroy, add)");
             }
             let _ = tokio::signal::ctrl_c().await;
         }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 mod bench;
+mod browser;
 mod conformance_matrix;
 mod demo;
 mod fuzz;
@@ -23,7 +24,9 @@ tasks:
   bench [--quick] [--instructions] middleware on/off A/B per example under load, replay hop cost,
                 instruction counts under callgrind (--instructions: those alone); writes BENCHMARKS.md
   soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md
-  socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)";
+  socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)
+  browser [--debug] [--docs] every example (release; --debug: dev binaries) in headless Chromium behind flysim
+                (apt chromium, npm ci); --docs updates the docs/ screenshots";
 
 /// The frameworks, in matrix order. An adapter is present when its example
 /// package exists in the workspace. `hyper` has no adapter: its example
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         "bench" => bench::run(rest),
         "soak" => soak::run(rest),
         "socketio" => socketio::run_tests(rest),
+        "browser" => browser::run_tests(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -207,6 +211,9 @@ fn ci() -> Result<(), String> {
     test.args(["test", "--workspace", "--all-features"]);
     run("cargo test --workspace --all-features", test)?;
     socketio::run_tests(&[])?;
+    // The dev binaries the test run just built: release builds of every
+    // example would cost CI minutes (`cargo xtask browser` tests release).
+    browser::run_tests(&["--debug".to_owned()])?;
 
     // The core without `http` (what http 0.2 frameworks depend on).
     let mut core_minimal = cargo();

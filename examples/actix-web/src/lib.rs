@@ -14,7 +14,9 @@
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
 //!   Fly's internal DNS, see `sticky-peers`);
 //! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
-//!   affinity on the path segment, its replays cacheable by path.
+//!   affinity on the path segment, its replays cacheable by path;
+//! - `GET /app` answers the browser page shared by every example
+//!   (`examples/app.html`), sticky like `/`.
 //!
 //! actix-web builds one `App` per worker thread, so the handler counter lives
 //! in a [`Contract`] that is built once and shared by every worker's app.
@@ -116,6 +118,7 @@ impl Contract {
             .route("/ws", web::get().to(ws))
             .route("/api/tenant", web::get().to(tenant))
             .route("/rooms/{room}", web::get().to(room))
+            .route("/app", web::get().to(page))
             .wrap(sticky_actix_web::StickyMiddleware::new(self.sticky.clone()))
     }
 }
@@ -123,6 +126,20 @@ impl Contract {
 async fn index(state: web::Data<State>) -> String {
     let n = state.count();
     index_text(&state.machine, n)
+}
+
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
+
+async fn page(state: web::Data<State>) -> HttpResponse {
+    let n = state.count();
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            APP_PAGE
+                .replace("{{machine}}", &state.machine)
+                .replace("{{handled}}", &n.to_string()),
+        )
 }
 
 async fn health() -> &'static str {

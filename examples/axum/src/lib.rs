@@ -13,7 +13,9 @@
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
 //!   Fly's internal DNS, see `sticky-peers`);
 //! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
-//!   affinity on the path segment, its replays cacheable by path.
+//!   affinity on the path segment, its replays cacheable by path;
+//! - `GET /app` answers the browser page shared by every example
+//!   (`examples/app.html`), sticky like `/`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +26,7 @@ use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::HeaderMap;
-use axum::response::Response;
+use axum::response::{Html, Response};
 use axum::routing::{get, post};
 use sticky_axum::StickyLayer;
 use sticky_axum::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
@@ -74,6 +76,7 @@ pub fn app(sticky: Sticky) -> Router {
         .route("/ws", get(ws))
         .route("/api/tenant", get(tenant))
         .route("/rooms/{room}", get(room))
+        .route("/app", get(page))
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(state)
         .layer(StickyLayer::new(sticky))
@@ -82,6 +85,18 @@ pub fn app(sticky: Sticky) -> Router {
 async fn index(State(app): State<App>) -> String {
     let n = app.count();
     index_text(&app.machine, n)
+}
+
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
+
+async fn page(State(app): State<App>) -> Html<String> {
+    let n = app.count();
+    Html(
+        APP_PAGE
+            .replace("{{machine}}", &app.machine)
+            .replace("{{handled}}", &n.to_string()),
+    )
 }
 
 async fn tenant(State(app): State<App>, headers: HeaderMap) -> String {

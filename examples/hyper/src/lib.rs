@@ -18,7 +18,9 @@
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
 //!   Fly's internal DNS, see `sticky-peers`);
 //! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
-//!   affinity on the path segment, its replays cacheable by path.
+//!   affinity on the path segment, its replays cacheable by path;
+//! - `GET /app` answers the browser page shared by every example
+//!   (`examples/app.html`), sticky like `/`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -39,6 +41,9 @@ use sticky_core::{Action, ConfigError, Env, KeySource, ReplayCache, Source, Stic
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
+
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
 
 /// The response type of every route: a whole body, or an empty one.
 pub type Res = Response<Full<Bytes>>;
@@ -91,7 +96,8 @@ impl App {
             "/upload" if post => self.upload(req.into_body()).await,
             "/ws" if get => self.websocket(req),
             "/api/tenant" if get => self.tenant(&req),
-            "/" | "/health" | "/upload" | "/ws" | "/api/tenant" => {
+            "/app" if get => self.page(),
+            "/" | "/health" | "/upload" | "/ws" | "/api/tenant" | "/app" => {
                 empty(StatusCode::METHOD_NOT_ALLOWED)
             }
             path => match path.strip_prefix("/rooms/") {
@@ -106,6 +112,19 @@ impl App {
                 _ => empty(StatusCode::NOT_FOUND),
             },
         }
+    }
+
+    fn page(&self) -> Res {
+        let n = self.count();
+        let page = APP_PAGE
+            .replace("{{machine}}", &self.machine)
+            .replace("{{handled}}", &n.to_string());
+        let mut res = Response::new(Full::new(Bytes::from(page)));
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        res
     }
 
     fn tenant(&self, req: &Request<Incoming>) -> Res {

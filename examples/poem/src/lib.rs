@@ -12,7 +12,9 @@
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
 //!   Fly's internal DNS, see `sticky-peers`);
 //! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
-//!   affinity on the path segment, its replays cacheable by path.
+//!   affinity on the path segment, its replays cacheable by path;
+//! - `GET /app` answers the browser page shared by every example
+//!   (`examples/app.html`), sticky like `/`.
 //!
 //! `<id>` is the Machine ID, or `local` when not on Fly; `n` counts the
 //! handler runs of this process (every route but `/health`).
@@ -108,6 +110,19 @@ fn tenant(Data(state): Data<&Arc<State>>, req: &poem::Request) -> String {
     format!("machine={} tenant={tenant}", state.machine)
 }
 
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
+
+#[handler]
+fn page(Data(state): Data<&Arc<State>>) -> poem::web::Html<String> {
+    let n = state.count();
+    poem::web::Html(
+        APP_PAGE
+            .replace("{{machine}}", &state.machine)
+            .replace("{{handled}}", &n.to_string()),
+    )
+}
+
 #[handler]
 fn health() -> &'static str {
     "ok"
@@ -153,6 +168,7 @@ pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
         .at("/ws", get(ws))
         .at("/api/tenant", get(tenant))
         .at("/rooms/:room", get(room))
+        .at("/app", get(page))
         .data(state)
         .with(sticky_poem::StickyMiddleware::new(sticky))
 }

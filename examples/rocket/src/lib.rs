@@ -14,6 +14,7 @@
 //! | `GET /ws` | WebSocket echo: each text message comes back as `<id>:<message>` |
 //! | `GET /api/tenant` | `machine=<id> tenant=<value>`, pinned by key affinity on `x-tenant-id` (live set: `STICKY_PEERS` or Fly's DNS, see `sticky-peers`) |
 //! | `GET /rooms/<room>` | `machine=<id> room=<room>`, pinned by key affinity on the path segment, its replays cacheable by path |
+//! | `GET /app` | the browser page shared by every example (`examples/app.html`), sticky like `/` |
 //!
 //! `<id>` is the Machine ID (`local` when not on Fly) and `<n>` the number of
 //! handler runs on this process (every route but `/health` counts).
@@ -106,6 +107,19 @@ fn index(app: &State<App>) -> String {
     index_text(&app.id, n)
 }
 
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
+
+#[get("/app")]
+fn page(app: &State<App>) -> rocket::response::content::RawHtml<String> {
+    let n = app.count();
+    rocket::response::content::RawHtml(
+        APP_PAGE
+            .replace("{{machine}}", &app.id)
+            .replace("{{handled}}", &n.to_string()),
+    )
+}
+
 /// The `x-tenant-id` header, empty when absent.
 struct Tenant(String);
 
@@ -182,7 +196,7 @@ pub fn app(sticky: Sticky, config: Config) -> Rocket<Build> {
     };
     rocket::custom(config)
         .manage(state)
-        .mount("/", routes![index, health, upload, ws, tenant, room])
+        .mount("/", routes![index, health, upload, ws, tenant, room, page])
         .attach(sticky_rocket::StickyFairing::new(sticky))
 }
 

@@ -13,7 +13,9 @@
 //!   affinity on the `x-tenant-id` header (live set: `STICKY_PEERS`, or
 //!   Fly's internal DNS, see `sticky-peers`);
 //! - `GET /rooms/<room>` answers `machine=<id> room=<room>`, pinned by key
-//!   affinity on the path segment, its replays cacheable by path.
+//!   affinity on the path segment, its replays cacheable by path;
+//! - `GET /app` answers the browser page shared by every example
+//!   (`examples/app.html`), sticky like `/`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -43,6 +45,9 @@ impl App {
         self.handled.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
+
+/// The browser page of `GET /app`, the same in every example.
+const APP_PAGE: &str = include_str!("../../app.html");
 
 /// The header that pins `/api/tenant` by key affinity.
 pub const TENANT_HEADER: &str = "x-tenant-id";
@@ -109,6 +114,16 @@ pub fn app(
             app.count();
             format!("machine={} room={room}", app.machine).into_response()
         });
+    let page = warp::get()
+        .and(warp::path!("app"))
+        .and(with_app.clone())
+        .map(|app: App| {
+            let n = app.count();
+            let page = APP_PAGE
+                .replace("{{machine}}", &app.machine)
+                .replace("{{handled}}", &n.to_string());
+            warp::reply::html(page).into_response()
+        });
     let ws = warp::path!("ws")
         .and(with_app)
         .and(warp::ws())
@@ -128,6 +143,8 @@ pub fn app(
         .or(tenant)
         .unify()
         .or(room)
+        .unify()
+        .or(page)
         .unify();
     // The engine's tenant header is fetched automatically.
     StickyWrap::new(sticky).wrap(routes)

@@ -1,21 +1,10 @@
-//! The admin interface: a small HTTP/1.1 API on its own loopback port.
-//!
-//! | request | effect |
-//! |---|---|
-//! | `GET /machines` | JSON list of Machines with their state and counters |
-//! | `GET /machines/<id>` | one Machine |
-//! | `POST /machines` | add a Machine; answers `{"id": "<new id>"}` |
-//! | `POST /machines/<id>/stop` | stop it |
-//! | `POST /machines/<id>/start` | start it |
-//! | `POST /machines/<id>/destroy` | destroy it |
-//! | `POST /machines/<id>/signal?signal=SIGTERM` | send it a signal (default `SIGTERM`); it stays in the rotation |
-//! | `GET /events` | JSON list of recorded events |
-//! | `GET /report` | the per-Machine table as text (and the replay cache's counters when caching is in play) |
-//! | `GET /replay-cache` | the replay cache: `rules`, `stats` (`entries`, `created`, `hits`, `misses`, `bypasses`, `invalidations`, `not_cached`) and the live `entries` |
-//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `h2_backend`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules |
+//! The admin interface: a small HTTP/1.1 API on its own loopback port, and
+//! the dashboard page over it. Its endpoints are listed in the crate docs
+//! ("The admin interface").
 
 use std::convert::Infallible;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,11 +15,15 @@ use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::Signal;
 use crate::body::{self, ProxyBody};
 use crate::sim::Shared;
+use crate::{MachineInfo, MachineState, Signal};
 
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+/// The dashboard served at `GET /`: plain HTML, CSS and JavaScript that
+/// polls the JSON endpoints of this module.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, front: SocketAddr) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let accepted = tokio::select! {
@@ -46,7 +39,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+                async move { Ok::<_, Infallible>(handle(&shared, front, req).await) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service);
@@ -84,11 +77,55 @@ fn io_error(e: &io::Error) -> Response<ProxyBody> {
     error(status, e.to_string())
 }
 
-async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> {
+/// Why `action` cannot be done to `m` now, if it cannot (the admin API
+/// refuses it rather than doing nothing quietly).
+fn refusal(m: &MachineInfo, action: &str) -> Option<String> {
+    let id = &m.id;
+    match (action, m.state) {
+        ("stop" | "drain", MachineState::Stopped) => {
+            Some(format!("Machine {id} is not running (it is stopped)"))
+        }
+        ("start", MachineState::Started) => Some(format!("Machine {id} is already started")),
+        ("drain", MachineState::Started) if m.draining => {
+            Some(format!("Machine {id} is already draining"))
+        }
+        (_, MachineState::Destroyed) => Some(format!("Machine {id} is destroyed")),
+        _ => None,
+    }
+}
+
+/// `last=N` from a query string.
+fn last_n(query: Option<&str>) -> Result<Option<usize>, String> {
+    let Some(value) = query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("last="))
+    else {
+        return Ok(None);
+    };
+    value
+        .parse()
+        .map(Some)
+        .map_err(|_| format!("last={value:?} is not a number"))
+}
+
+async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match (&method, segments.as_slice()) {
+        (&Method::GET, []) => {
+            let mut resp = respond(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                DASHBOARD.to_owned(),
+            );
+            resp.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            resp
+        }
         (&Method::GET, ["machines"]) => {
             json_response(StatusCode::OK, &json!(shared.fleet.machines()))
         }
@@ -103,10 +140,19 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
             }
         }
         (&Method::POST, ["machines", id, action]) => {
+            if ["stop", "start", "destroy", "drain"].contains(action) {
+                let Some(m) = shared.fleet.machines().into_iter().find(|m| m.id == *id) else {
+                    return error(StatusCode::NOT_FOUND, format!("no Machine {id:?}"));
+                };
+                if let Some(why) = refusal(&m, action) {
+                    return error(StatusCode::CONFLICT, why);
+                }
+            }
             let result = match *action {
                 "stop" => shared.fleet.stop_machine(id).await,
                 "start" => shared.fleet.start_machine(id).await,
                 "destroy" => shared.fleet.destroy_machine(id).await,
+                "drain" => shared.fleet.signal_machine(id, Signal::Term).await,
                 "signal" => {
                     let requested = req
                         .uri()
@@ -123,7 +169,9 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                 _ => {
                     return error(
                         StatusCode::NOT_FOUND,
-                        format!("unknown action {action:?} (stop, start, destroy or signal)"),
+                        format!(
+                            "unknown action {action:?} (stop, start, destroy, drain or signal)"
+                        ),
                     );
                 }
             };
@@ -135,9 +183,16 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                 Err(e) => io_error(&e),
             }
         }
-        (&Method::GET, ["events"]) => {
-            json_response(StatusCode::OK, &json!(shared.events.snapshot()))
-        }
+        (&Method::GET, ["events"]) => match last_n(req.uri().query()) {
+            Ok(last) => {
+                let mut events = shared.events.snapshot();
+                if let Some(n) = last {
+                    events.drain(..events.len().saturating_sub(n));
+                }
+                json_response(StatusCode::OK, &json!(events))
+            }
+            Err(e) => error(StatusCode::BAD_REQUEST, e),
+        },
         (&Method::GET, ["report"]) => {
             respond(StatusCode::OK, "text/plain; charset=utf-8", shared.report())
         }
@@ -164,6 +219,7 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Response<ProxyBody> 
                     "kill_signal": c.kill_signal.map(|s| s.as_str()),
                     "kill_timeout_ms": c.kill_timeout.as_millis() as u64,
                     "replay_cache": c.replay_cache.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "front": front.to_string(),
                 }),
             )
         }

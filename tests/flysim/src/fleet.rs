@@ -28,6 +28,8 @@ struct Counters {
 struct Slot {
     id: String,
     state: MachineState,
+    /// Sent `SIGTERM` while started (see `MachineInfo::draining`).
+    draining: bool,
     addr: Option<SocketAddr>,
     instance: Option<Instance>,
     generation: u64,
@@ -150,6 +152,7 @@ impl Fleet {
             .map(|s| MachineInfo {
                 id: s.id.clone(),
                 state: s.state,
+                draining: s.draining,
                 addr: s.addr,
                 served: s.counters.served,
                 replays_sent: s.counters.replays_sent,
@@ -209,6 +212,7 @@ impl Fleet {
         slots.push(Slot {
             id: id.clone(),
             state: MachineState::Stopped,
+            draining: false,
             addr: None,
             instance: None,
             generation: 0,
@@ -333,6 +337,7 @@ impl Fleet {
             let mut slots = lock(&self.slots);
             if let Some(slot) = slots.iter_mut().find(|s| s.id == id) {
                 slot.state = MachineState::Started;
+                slot.draining = false;
                 slot.addr = Some(addr);
                 slot.instance = Some(instance);
                 slot.counters.starts += 1;
@@ -364,6 +369,7 @@ impl Fleet {
                 return;
             }
             slot.state = MachineState::Stopped;
+            slot.draining = false;
             slot.addr = None;
             slot.instance.take()
         };
@@ -403,6 +409,7 @@ impl Fleet {
                 return Err(destroyed(id));
             }
             slot.state = to;
+            slot.draining = false;
             slot.addr = None;
             (slot.instance.take(), was)
         };
@@ -446,6 +453,15 @@ impl Fleet {
             }
         };
         signaller.send(signal).await?;
+        if signal == Signal::Term {
+            let mut slots = lock(&self.slots);
+            if let Some(slot) = slots
+                .iter_mut()
+                .find(|s| s.id == id && s.state == MachineState::Started)
+            {
+                slot.draining = true;
+            }
+        }
         self.record(
             EventKind::Lifecycle,
             id,

@@ -180,6 +180,35 @@
 //! Machines still get a free loopback `PORT` each (they share one host), and
 //! `internal_port` is reported by the admin `GET /config`.
 //!
+//! ## The admin interface
+//! [`Config::admin_addr`] (the binary's `--admin-port`) serves a small
+//! HTTP/1.1 API on loopback, and a dashboard over it: open
+//! `http://<admin address>/` in a browser to see every Machine's state
+//! (started, draining, stopped, destroyed) and counters, the replay cache and
+//! the recent events, updated live, with buttons to stop, start, drain,
+//! destroy and add Machines. It is one HTML page with no external assets and
+//! no build step, and works for any app.
+//!
+//! | request | effect |
+//! |---|---|
+//! | `GET /` | the dashboard: one HTML page (no external assets) showing the Machines, their counters, the replay cache and the recent events, polled live, with buttons for the actions below |
+//! | `GET /machines` | JSON list of Machines with their state and counters |
+//! | `GET /machines/<id>` | one Machine |
+//! | `POST /machines` | add a Machine; answers `{"id": "<new id>"}` |
+//! | `POST /machines/<id>/stop` | stop it (`409` if it is not started) |
+//! | `POST /machines/<id>/start` | start it (`409` if it is started or destroyed) |
+//! | `POST /machines/<id>/destroy` | destroy it (`409` if it is destroyed) |
+//! | `POST /machines/<id>/drain` | send it `SIGTERM` and mark it `draining`; it stays in the rotation until its process exits (`409` if it is not started or already draining) |
+//! | `POST /machines/<id>/signal?signal=SIGTERM` | send it a signal (default `SIGTERM`, which marks it `draining`); it stays in the rotation (`409` if it is not running) |
+//! | `GET /events` | JSON list of recorded events, oldest first; `?last=N` for the newest N only |
+//! | `GET /report` | the per-Machine table as text (and the replay cache's counters when caching is in play) |
+//! | `GET /replay-cache` | the replay cache: `rules`, `stats` (`entries`, `created`, `hits`, `misses`, `bypasses`, `invalidations`, `not_cached`) and the live `entries` |
+//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `h2_backend`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules, and the `front` address |
+//!
+//! Every refusal is a 4xx answer with a JSON body `{"error": "<message>"}`
+//! (`404` for an unknown Machine or endpoint, `409` for an action its state
+//! does not allow, `400` for a bad parameter) and changes nothing.
+//!
 //! ## What is not simulated
 //! TLS (the front port speaks plain HTTP/1.1 and h2c; `X-Forwarded-Proto` says
 //! `https` as behind Fly's edge), several regions or apps (a replay to another app

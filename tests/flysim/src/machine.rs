@@ -90,6 +90,10 @@ pub struct MachineInfo {
     pub id: String,
     /// Lifecycle state.
     pub state: MachineState,
+    /// Started and sent `SIGTERM` (a drain, e.g. by the admin
+    /// `POST /machines/<id>/drain`) since it last started: it stays in the
+    /// rotation until its process exits or it is stopped.
+    pub draining: bool,
     /// Address of the running instance (`None` unless started).
     pub addr: Option<SocketAddr>,
     /// Final responses produced by this Machine (replay responses not included).

@@ -156,7 +156,11 @@ impl FlySim {
         let mut tasks = vec![tokio::spawn(serve_front(shared.clone(), front))];
         tasks.extend(dns_task);
         if let Some(admin) = admin {
-            tasks.push(tokio::spawn(crate::admin::serve(shared.clone(), admin)));
+            tasks.push(tokio::spawn(crate::admin::serve(
+                shared.clone(),
+                admin,
+                front_addr,
+            )));
         }
         Ok(FlySim {
             shared,

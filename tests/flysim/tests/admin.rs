@@ -153,3 +153,115 @@ async fn admin_sends_signals() {
     assert_eq!(admin(&sim, "POST", &path).await.0, 409);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    let url = format!("http://{}/", sim.admin_addr().unwrap());
+    let resp = get(&url).await;
+    assert_eq!(resp.status, 200);
+    let content_type = resp.headers["content-type"].to_str().unwrap();
+    assert_eq!(content_type, "text/html; charset=utf-8");
+    let page = resp.text();
+    assert!(page.starts_with("<!doctype html>"), "{page}");
+    // It polls the JSON endpoints and has a button for each action.
+    for needle in [
+        "/machines",
+        "/events?last=",
+        "/replay-cache",
+        "/config",
+        "\"stop\"",
+        "\"start\"",
+        "\"drain\"",
+        "\"destroy\"",
+        "id=\"add\"",
+        "id=\"error\"",
+    ] {
+        assert!(page.contains(needle), "the dashboard lacks {needle}");
+    }
+    // No external assets: nothing is loaded from another origin.
+    for external in ["http://", "https://", "<link", "src=", "@import"] {
+        assert!(!page.contains(external), "the dashboard has {external}");
+    }
+    let (status, config) = admin(&sim, "GET", "/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(config["front"], sim.front_addr().to_string());
+    sim.shutdown().await;
+}
+
+/// Every action the dashboard offers, pressed for a Machine that is gone
+/// or pressed twice, is refused with a 4xx and a message, and changes
+/// nothing.
+#[tokio::test]
+async fn refused_actions_say_why_and_change_nothing() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    let ids = sim.machine_ids();
+    let refused = async |path: String, status: u16, message: &str| {
+        let before = admin(&sim, "GET", "/machines").await.1;
+        let (got, body) = admin(&sim, "POST", &path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        let error = body["error"].as_str().unwrap_or_default();
+        assert!(error.contains(message), "{path}: {error:?}");
+        assert_eq!(admin(&sim, "GET", "/machines").await.1, before, "{path}");
+    };
+
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/stop", ids[0])).await;
+    assert_eq!((status, m["state"].as_str()), (200, Some("stopped")));
+    refused(format!("/machines/{}/stop", ids[0]), 409, "is not running").await;
+    refused(format!("/machines/{}/drain", ids[0]), 409, "is not running").await;
+    refused(
+        format!("/machines/{}/start", ids[1]),
+        409,
+        "already started",
+    )
+    .await;
+
+    let (status, m) = admin(&sim, "POST", &format!("/machines/{}/drain", ids[1])).await;
+    assert_eq!(status, 200, "{m}");
+    assert_eq!(
+        (m["state"].as_str(), m["draining"].as_bool()),
+        (Some("started"), Some(true))
+    );
+    refused(
+        format!("/machines/{}/drain", ids[1]),
+        409,
+        "already draining",
+    )
+    .await;
+    assert_eq!(app.signals(), vec![(ids[1].clone(), flysim::Signal::Term)]);
+    // A stop ends the drain.
+    let (_, m) = admin(&sim, "POST", &format!("/machines/{}/stop", ids[1])).await;
+    assert_eq!(m["draining"], false);
+
+    let (status, _) = admin(&sim, "POST", &format!("/machines/{}/destroy", ids[2])).await;
+    assert_eq!(status, 200);
+    for action in ["destroy", "stop", "start", "drain"] {
+        refused(
+            format!("/machines/{}/{action}", ids[2]),
+            409,
+            "is destroyed",
+        )
+        .await;
+    }
+    refused("/machines/0123456789abcd/destroy".into(), 404, "no Machine").await;
+    refused("/machines/0123456789abcd/drain".into(), 404, "no Machine").await;
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_can_be_limited_to_the_newest() {
+    let app = App::echo();
+    let sim = start(config(), &app).await;
+    let all = admin(&sim, "GET", "/events").await.1;
+    let all = all.as_array().unwrap();
+    assert!(all.len() >= 3, "{all:?}");
+    let (status, last) = admin(&sim, "GET", "/events?last=2").await;
+    assert_eq!(status, 200);
+    assert_eq!(last.as_array().unwrap(), &all[all.len() - 2..]);
+    let (status, body) = admin(&sim, "GET", "/events?last=two").await;
+    assert_eq!(status, 400);
+    assert!(body["error"].as_str().unwrap().contains("not a number"));
+    sim.shutdown().await;
+}
