@@ -518,7 +518,7 @@ pub(crate) fn markdown(counts: &Counts) -> String {
             let verdict = if a.added() <= ON_OFF_BUDGET {
                 "**met**"
             } else {
-                "**not met**"
+                "**missed**"
             };
             let _ = writeln!(
                 md,
@@ -546,7 +546,7 @@ pub(crate) fn budget_rows(counts: &Counts) -> String {
         let verdict = if a.added() <= ON_OFF_BUDGET {
             "**met**"
         } else {
-            "**not met**"
+            "**missed**"
         };
         let _ = writeln!(
             rows,
