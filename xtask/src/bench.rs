@@ -12,7 +12,8 @@
 //! 3. The cost of one replay hop: 2 Machines of example-axum behind flysim,
 //!    direct vs through the proxy vs through the proxy with one replay.
 //! 4. Fly's replay cache off vs on: a pinned user's requests through flysim
-//!    at 3 and 10 Machines (replays per request, latency).
+//!    at 3 and 10 Machines (replays per request, latency; alone with
+//!    `--replay-cache`).
 //! 5. Instruction counts under callgrind (`instructions.rs`; alone with
 //!    `--instructions`): `decide` per path, and every example ON vs OFF;
 //!    and key affinity at 3 to 1,000 Machines (`lookup.rs`, criterion).
@@ -111,15 +112,17 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut pin = true;
     let mut only = Vec::new();
     let mut instructions_only = false;
+    let mut cache_only = false;
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--instructions" => instructions_only = true,
+            "--replay-cache" => cache_only = true,
             "--no-pin" => pin = false,
             fw if FRAMEWORKS.contains(&fw) => only.push(fw),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [--instructions] [{}..])",
+                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [--instructions] [--replay-cache] [{}..])",
                     FRAMEWORKS.join("|")
                 ));
             }
@@ -133,6 +136,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .collect();
     if instructions_only {
         return instructions::run_alone(&wanted, started);
+    }
+    if cache_only {
+        return cache::run_alone(&plan, pin, started);
     }
 
     let wrk_version = wrk::ensure_installed()?;
@@ -218,6 +224,10 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let md_path = root().join("BENCHMARKS.md");
     println!("{}", instructions::markdown(&counts));
     let markdown = instructions::splice(&run.markdown(), &counts);
+    let markdown = match &cache {
+        Some(rows) => cache::splice(&markdown, rows, &plan),
+        None => markdown,
+    };
     println!("{}", lookup::markdown(&keys, &plan));
     let markdown = instructions::splice_section(
         &markdown,
@@ -238,7 +248,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
 }
 
 /// Builds the flysim binary in release (the proxy of the replay-hop runs).
-fn build_flysim() -> Result<PathBuf, String> {
+pub(crate) fn build_flysim() -> Result<PathBuf, String> {
     let mut build = cargo();
     build.args(["build", "--release", "-p", "flysim", "--bin", "flysim"]);
     run_step("cargo build --release -p flysim", build)?;

@@ -9,9 +9,11 @@
 //! elsewhere and are replayed, and with it all but the first are routed
 //! home by the cache. The two sides alternate, A/B then B/A, round by round.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use super::hop::Flysim;
+use super::instructions::splice_section;
 use super::server::{Pinning, http_get};
 use super::wrk::{self, Load, Measured};
 use super::{Plan, median};
@@ -157,4 +159,87 @@ pub(crate) fn run(
         rows.extend(side_rows);
     }
     Ok(rows)
+}
+
+/// The most replays per request a pinned user may cost at 10 Machines with
+/// the cache (issue "Zero-hop stickiness"; from 0.90 without it).
+pub(crate) const REPLAYS_BUDGET: f64 = 0.05;
+
+/// The BENCHMARKS.md section.
+pub(crate) fn markdown(rows: &[CacheRow], plan: &Plan) -> String {
+    format!(
+        "A pinned user's requests through flysim, at 3 and 10 Machines of example-axum \
+         (release). Two flysim processes run side by side with the same Machine count: \
+         one without a replay cache, one with the rule `examples/fly.toml` ships \
+         (`--replay-cache {RULE}`). Every request carries the cookie naming Machine 1, as \
+         a pinned browser's do, and flysim balances round-robin: without the cache \
+         (N-1)/N of the requests reach another Machine first and are replayed; with it, \
+         the first replay is remembered and every later request is routed home by the \
+         cache (`fly-replay-cache-status: hit`). Each side is measured {rounds} times \
+         ({dur} s each, off then on in odd rounds, on then off in even ones) with wrk \
+         twice, with 1 connection and with {conns}; replays and hits are flysim's admin \
+         counters over the measured runs (hits can exceed requests by the few wrk left \
+         unfinished at the end of a run). Alone: `cargo xtask bench --replay-cache`.\n\n{table}\n",
+        rounds = plan.hop_rounds,
+        dur = plan.duration.as_secs(),
+        conns = plan.connections,
+        table = super::report::Run::cache_table(rows),
+    )
+}
+
+/// The budget row: replays per request at 10 Machines with the cache.
+pub(crate) fn budget_rows(rows: &[CacheRow]) -> String {
+    match rows.iter().find(|r| r.machines == 10 && r.cache) {
+        Some(r) => format!(
+            "| a pinned user at 10 Machines with the replay cache: at most {REPLAYS_BUDGET} replays per request | {:.3} (without the cache: {}) | {} |\n",
+            r.replays_per_request,
+            rows.iter()
+                .find(|o| o.machines == 10 && !o.cache)
+                .map_or("-".to_owned(), |o| format!("{:.3}", o.replays_per_request)),
+            if r.replays_per_request <= REPLAYS_BUDGET {
+                "**met**"
+            } else {
+                "**missed**"
+            }
+        ),
+        None => String::new(),
+    }
+}
+
+/// BENCHMARKS.md with this section and its budget row in place.
+pub(crate) fn splice(md: &str, rows: &[CacheRow], plan: &Plan) -> String {
+    splice_section(
+        md,
+        "replay-cache",
+        "Zero-hop stickiness: Fly's replay cache off and on",
+        &markdown(rows, plan),
+        &budget_rows(rows),
+    )
+}
+
+/// `cargo xtask bench --replay-cache [--quick]`: this comparison alone,
+/// spliced into BENCHMARKS.md.
+pub(crate) fn run_alone(plan: &Plan, pin: bool, started: Instant) -> Result<(), String> {
+    wrk::ensure_installed()?;
+    let pinning = Pinning::detect(pin);
+    let binaries = crate::build_examples(&["axum"])?;
+    let (_, app) = binaries
+        .into_iter()
+        .find(|(fw, _)| fw == "axum")
+        .ok_or("examples/axum is missing")?;
+    let flysim: PathBuf = super::build_flysim()?;
+    let logs = crate::target_dir().join("bench-logs");
+    std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
+    let rows = run(&flysim, &app, plan, &pinning, &logs)?;
+    println!("\n{}", super::report::Run::cache_table(&rows));
+    let path = crate::root().join("BENCHMARKS.md");
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    std::fs::write(&path, splice(&old, &rows, plan))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!(
+        "wrote the replay cache comparison into {} (took {})",
+        path.display(),
+        crate::machine::duration(started.elapsed())
+    );
+    Ok(())
 }

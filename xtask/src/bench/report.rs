@@ -245,7 +245,7 @@ impl Run<'_> {
         t
     }
 
-    fn cache_table(rows: &[CacheRow]) -> String {
+    pub(crate) fn cache_table(rows: &[CacheRow]) -> String {
         let mut t = String::from(
             "| Machines | replay cache | replays / request | cache hits / request | 1 connection: p50 | p99 | 32 connections: req/s | p50 | p99 |\n\
              |---:|---|---:|---:|---:|---:|---:|---:|---:|\n",
@@ -476,29 +476,6 @@ impl Run<'_> {
                 dur = p.duration.as_secs(),
                 conns = p.connections,
                 table = self.hop_table(rows),
-            );
-        }
-
-        if let Some(rows) = self.cache {
-            let _ = write!(
-                md,
-                "## Zero-hop stickiness: Fly's replay cache off and on\n\n\
-                 A pinned user's requests through flysim, at 3 and 10 Machines of example-axum \
-                 (release). Two flysim processes run side by side with the same Machine \
-                 count: one without a replay cache, one with the rule `examples/fly.toml` \
-                 ships (`--replay-cache {rule}`). Every request carries the cookie naming \
-                 Machine 1, as a pinned browser's do, and flysim balances round-robin: \
-                 without the cache (N-1)/N of the requests reach another Machine first and \
-                 are replayed; with it, the first replay is remembered and every later \
-                 request is routed home by the cache (`fly-replay-cache-status: hit`). Each \
-                 side is measured {rounds} times ({dur} s each, off then on in odd rounds, on \
-                 then off in even ones) with wrk twice, with 1 connection and with {conns}; \
-                 replays and hits are flysim's admin counters over the measured runs.\n\n{table}\n",
-                rule = super::cache::RULE,
-                rounds = p.hop_rounds,
-                dur = p.duration.as_secs(),
-                conns = p.connections,
-                table = Self::cache_table(rows),
             );
         }
 
