@@ -12,11 +12,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use super::Plan;
 use super::hop::Flysim;
 use super::instructions::splice_section;
 use super::server::{Pinning, http_get};
-use super::wrk::{self, Load, Measured};
-use super::{Plan, median};
+use super::wrk::{self, Load, Measured, Rounds};
 
 /// The rule of `examples/fly.toml`.
 pub(crate) const RULE: &str = "path_prefix=/,ttl_seconds=300,type=cookie,name=fly-machine-id";
@@ -37,21 +37,12 @@ pub(crate) struct CacheRow {
     pub(crate) hits_per_request: f64,
 }
 
-impl CacheRow {
-    pub(crate) fn single_p50(&self) -> f64 {
-        median(&self.single.iter().map(|m| m.p50_us).collect::<Vec<_>>())
+impl Rounds for CacheRow {
+    fn runs(&self) -> &[Measured] {
+        &self.runs
     }
-    pub(crate) fn single_p99(&self) -> f64 {
-        median(&self.single.iter().map(|m| m.p99_us).collect::<Vec<_>>())
-    }
-    pub(crate) fn rps(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.rps).collect::<Vec<_>>())
-    }
-    pub(crate) fn p50(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.p50_us).collect::<Vec<_>>())
-    }
-    pub(crate) fn p99(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.p99_us).collect::<Vec<_>>())
+    fn single(&self) -> &[Measured] {
+        &self.single
     }
 }
 

@@ -9,6 +9,7 @@ use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::ab::AbResult;
 use super::hop::HopRow;
+use super::wrk::Rounds;
 use super::{median, min_max};
 
 const ON: RGBColor = RGBColor(0x7c, 0x3a, 0xed);

@@ -17,9 +17,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::Plan;
 use super::server::{Pinning, free_port, http_get, pinned_command};
-use super::wrk::{self, Load, Measured};
-use super::{Plan, median};
+use super::wrk::{self, Load, Measured, Rounds};
 
 /// One route's measurements.
 #[derive(Debug, Clone)]
@@ -36,21 +36,12 @@ pub(crate) struct HopRow {
     pub(crate) replays_per_request: f64,
 }
 
-impl HopRow {
-    pub(crate) fn rps(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.rps).collect::<Vec<_>>())
+impl Rounds for HopRow {
+    fn runs(&self) -> &[Measured] {
+        &self.runs
     }
-    pub(crate) fn p50(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.p50_us).collect::<Vec<_>>())
-    }
-    pub(crate) fn p99(&self) -> f64 {
-        median(&self.runs.iter().map(|m| m.p99_us).collect::<Vec<_>>())
-    }
-    pub(crate) fn single_p50(&self) -> f64 {
-        median(&self.single.iter().map(|m| m.p50_us).collect::<Vec<_>>())
-    }
-    pub(crate) fn single_p99(&self) -> f64 {
-        median(&self.single.iter().map(|m| m.p99_us).collect::<Vec<_>>())
+    fn single(&self) -> &[Measured] {
+        &self.single
     }
 }
 

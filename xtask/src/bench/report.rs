@@ -8,6 +8,7 @@ use super::cache::CacheRow;
 use super::hop::HopRow;
 use super::micro::{CoreBench, find};
 use super::server::Pinning;
+use super::wrk::Rounds;
 use super::{MACHINE_ID, Plan, median, min_max};
 use crate::machine::{Machine, duration};
 

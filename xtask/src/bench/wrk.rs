@@ -92,6 +92,34 @@ pub(crate) struct Measured {
     pub(crate) non_2xx: u64,
 }
 
+/// A route or side measured round by round, with 1 connection (`single`:
+/// nothing queues) and with the usual connection count (`runs`): the
+/// medians over the rounds.
+pub(crate) trait Rounds {
+    fn runs(&self) -> &[Measured];
+    fn single(&self) -> &[Measured];
+
+    fn rps(&self) -> f64 {
+        median_of(self.runs(), |m| m.rps)
+    }
+    fn p50(&self) -> f64 {
+        median_of(self.runs(), |m| m.p50_us)
+    }
+    fn p99(&self) -> f64 {
+        median_of(self.runs(), |m| m.p99_us)
+    }
+    fn single_p50(&self) -> f64 {
+        median_of(self.single(), |m| m.p50_us)
+    }
+    fn single_p99(&self) -> f64 {
+        median_of(self.single(), |m| m.p99_us)
+    }
+}
+
+fn median_of(runs: &[Measured], pick: fn(&Measured) -> f64) -> f64 {
+    super::median(&runs.iter().map(pick).collect::<Vec<_>>())
+}
+
 /// Runs wrk (pinned to the load CPU when pinning) and parses its report. Refuses
 /// a run in which any response was not 2xx/3xx, or more than 1% of requests
 /// failed at the socket level: it would not have measured the intended path.
