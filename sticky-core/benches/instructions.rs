@@ -22,7 +22,7 @@ const T: &str = "90801679a10038";
 const COOKIES: &str = "_ga=GA1.1.1234567890.1700000000; theme=dark; session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV; lang=en-GB; fly-machine-id=";
 
 /// The paths, with what each measures (for the report).
-const PATHS: [(&str, &str); 10] = [
+const PATHS: [(&str, &str); 11] = [
     (
         "stick",
         "Stick: the cookie names this Machine, default settings",
@@ -30,6 +30,10 @@ const PATHS: [(&str, &str); 10] = [
     (
         "stick/contract-app",
         "Stick with the example apps' settings (key source first)",
+    ),
+    (
+        "stick/contract-request",
+        "the same, on the request the examples' counts send (host and cookie only)",
     ),
     ("disabled", "not on Fly: what OFF pays"),
     ("first-visit", "no cookie: SetCookie (pre-rendered)"),
@@ -88,6 +92,14 @@ fn setup(path: &str) -> Option<(Sticky, http::Request<()>, Check)> {
     Some(match path {
         "stick" => (default(), request(Some(S)), stick),
         "stick/contract-app" => (contract(Env::machine(S)), request(Some(S)), stick),
+        "stick/contract-request" => {
+            let req = http::Request::get("/")
+                .header("host", "app.test")
+                .header("cookie", format!("{COOKIES}{S}"))
+                .body(())
+                .unwrap();
+            (contract(Env::machine(S)), req, stick)
+        }
         "disabled" => (contract(Env::default()), request(Some(S)), |o| {
             matches!(o, Outcome::Stick(Reason::Disabled))
         }),

@@ -4,25 +4,29 @@
 use std::ops::ControlFlow;
 
 use crate::decision::BodyProblem;
-use crate::engine::Sticky;
+use crate::engine::{ROUTING, RoutingSeen, Sticky};
 use crate::target;
 use crate::view::RequestView;
 
 impl Sticky {
     /// Row 6: the declared length of a body that can be replayed (0 for
     /// none), or why it cannot.
-    pub(crate) fn body_length<V: RequestView>(&self, req: &V) -> Result<u64, BodyProblem> {
+    pub(crate) fn body_length<'a, V: RequestView>(
+        &self,
+        req: &'a V,
+        seen: &RoutingSeen<'a>,
+    ) -> Result<u64, BodyProblem> {
         let unknown = if self.inner.replay_unknown_length {
             Ok(0)
         } else {
             Err(BodyProblem::UnknownLength)
         };
-        if req.has_header("transfer-encoding") {
+        if seen.has(req, RoutingSeen::slot(4), ROUTING[4]) {
             return unknown;
         }
         let mut length: Option<u64> = None;
         let mut malformed = false;
-        req.header_values("content-length", &mut |v| {
+        seen.each(req, RoutingSeen::slot(5), ROUTING[5], &mut |v| {
             for part in v.split(|&b| b == b',') {
                 match parse_length(target::header_value(part)) {
                     Some(n) if length.is_none_or(|l| l == n) => length = Some(n),

@@ -8,14 +8,16 @@ use std::time::Duration;
 use crate::config::{
     Builder, ConfigError, MAX_REPLAY_BODY, Refresh, ReplayCache, SameSite, Secure,
 };
-use crate::engine::{Inner, Sticky};
+use crate::engine::{Inner, ROUTING, Sticky};
 use crate::env::Env;
 use crate::filter::glob_set;
 use crate::keys::{self, CompiledKey, KeySource};
 use crate::render::CookieAttrs;
+use crate::seen::Slot;
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
 use crate::target::{self, CookieScanner, Source};
+use crate::view::HeaderNames;
 
 /// A query parameter name we can match raw.
 fn is_query_name(q: &str) -> bool {
@@ -102,17 +104,23 @@ impl Builder {
                 "the key source needs key_source(..)",
             ));
         }
+        // The headers read on every request, in one pass (`seen`): the
+        // sticky cookie's first, as the most common.
+        let mut read = Vec::new();
+        let cookie_slot = Slot::of(&mut read, "cookie");
         let mut keys = Vec::with_capacity(self.key_sources.len());
         for source in &self.key_sources {
             keys.push(match source {
                 KeySource::Header(h) if target::is_token(h) => {
-                    CompiledKey::Header(h.to_ascii_lowercase())
+                    let h = h.to_ascii_lowercase();
+                    let slot = Slot::of(&mut read, &h);
+                    CompiledKey::Header(h, slot)
                 }
                 KeySource::Query(q) if is_query_name(q) => CompiledKey::Query(q.clone()),
                 KeySource::Cookie(c) if target::is_token(c) => {
                     CompiledKey::Cookie(Box::new(CookieScanner::new(c)))
                 }
-                KeySource::ClientIp => CompiledKey::ClientIp,
+                KeySource::ClientIp => CompiledKey::ClientIp(Slot::of(&mut read, "fly-client-ip")),
                 KeySource::PathSegment(prefix) if keys::is_path_prefix(prefix) => {
                     CompiledKey::PathSegment(prefix.clone())
                 }
@@ -125,6 +133,15 @@ impl Builder {
                 }
             });
         }
+        let header_slot = header_source
+            .as_deref()
+            .map_or(Slot::NONE, |h| Slot::of(&mut read, h));
+        // The cookie alone is read as fast by name as in a pass.
+        let cookie_slot = if read.len() > 1 {
+            cookie_slot
+        } else {
+            Slot::NONE
+        };
         if self.sources.contains(&Source::Header) && header_source.is_none() {
             return Err(ConfigError::InvalidSources(
                 "the header source needs header_source(name)",
@@ -226,6 +243,14 @@ impl Builder {
                 sources: self.sources,
                 query_param: self.query_param,
                 header_source,
+                read_headers: if read.len() > 1 {
+                    HeaderNames::new(&read)
+                } else {
+                    HeaderNames::default()
+                },
+                routing_headers: HeaderNames::new(ROUTING),
+                cookie_slot,
+                header_slot,
                 format: self.target_format,
                 cookie,
                 pin,

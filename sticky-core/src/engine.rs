@@ -12,10 +12,11 @@ use crate::filter::PathSet;
 use crate::find::{Found, Target};
 use crate::keys::{CompiledKey, PeerSet};
 use crate::render::{CookieAttrs, refusal};
+use crate::seen::{Seen, Slot};
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
 use crate::target::{self, CookieScanner, Source, TargetFormat};
-use crate::view::RequestView;
+use crate::view::{HeaderNames, RequestView};
 
 /// The sticky-session engine: configuration plus this Machine's identity.
 ///
@@ -59,6 +60,12 @@ pub(crate) struct Inner {
     pub(crate) sources: Vec<Source>,
     pub(crate) query_param: String,
     pub(crate) header_source: Option<String>,
+    /// The headers [`Seen`](crate::seen::Seen) finds in one pass.
+    pub(crate) read_headers: HeaderNames,
+    pub(crate) cookie_slot: Slot,
+    pub(crate) header_slot: Slot,
+    /// [`ROUTING`], for [`RoutingSeen`].
+    pub(crate) routing_headers: HeaderNames,
     pub(crate) format: TargetFormat,
     pub(crate) cookie: CookieAttrs,
     /// `Set-Cookie` naming this Machine, unsigned: without and with `Secure`.
@@ -211,8 +218,9 @@ impl Sticky {
         if let Some(reason) = self.filtered(req) {
             return Outcome::Stick(reason);
         }
-        let away = match self.find_target(req, me, now) {
-            Found::Target(t) if t.id.bytes() != me.as_bytes() => Away::Pinned {
+        let seen = Seen::of(req, &inner.read_headers);
+        let away = match self.find_target(req, &seen, me, now) {
+            Found::Target(t) if !target::same_bytes(t.id.bytes(), me.as_bytes()) => Away::Pinned {
                 target: t,
                 draining,
             },
@@ -235,7 +243,8 @@ impl Sticky {
         };
 
         // Row 5: never replay a request twice.
-        let routed = Routed::of(req);
+        let routing = RoutingSeen::of(req, &inner.routing_headers);
+        let routed = Routed::of(req, &routing);
         if let Some(marker) = routed.marker(away) {
             return match away {
                 Away::Pinned {
@@ -262,7 +271,7 @@ impl Sticky {
             };
         }
         // Row 6.
-        let body = match self.body_length(req) {
+        let body = match self.body_length(req, &routing) {
             Ok(length) => length,
             Err(problem) => {
                 let reason = match away.target() {
@@ -313,7 +322,7 @@ impl Sticky {
     /// [`READ_HEADERS`]: the header source and key headers (lowercase).
     pub fn configured_headers(&self) -> impl Iterator<Item = &str> {
         let keys = self.inner.keys.iter().filter_map(|k| match k {
-            CompiledKey::Header(h) => Some(h.as_str()),
+            CompiledKey::Header(h, _) => Some(h.as_str()),
             _ => None,
         });
         self.inner
@@ -354,6 +363,21 @@ pub const READ_HEADERS: [&str; 10] = [
     "fly-client-ip",
 ];
 
+/// The headers read once a request is not served as pinned here (rows 5
+/// to 8), found in one pass: the markers of [`Routed`], then the body's
+/// framing (`body.rs`).
+pub(crate) const ROUTING: [&str; 6] = [
+    Marker::ReplaySrc.header(),
+    Marker::ReplayFailed.header(),
+    Marker::PreferredUnavailable.header(),
+    Marker::ReplayCache.header(),
+    "transfer-encoding",
+    "content-length",
+];
+
+/// The one pass over [`ROUTING`].
+pub(crate) type RoutingSeen<'a> = Seen<'a, { ROUTING.len() }>;
+
 /// How the proxy brought a request here, from the markers it carries.
 /// None of them is authenticated (a client can send any), so each may only
 /// ever make this Machine serve, re-pin or replay the same client once more.
@@ -371,16 +395,15 @@ struct Routed {
 }
 
 impl Routed {
-    fn of<V: RequestView>(req: &V) -> Self {
-        let replayed = [Marker::ReplaySrc, Marker::ReplayFailed]
+    fn of<'a, V: RequestView>(req: &'a V, seen: &RoutingSeen<'a>) -> Self {
+        let marker = |i: u8| seen.first(req, RoutingSeen::slot(i), ROUTING[usize::from(i)]);
+        let replayed = [(0, Marker::ReplaySrc), (1, Marker::ReplayFailed)]
             .into_iter()
-            .find(|m| req.has_header(m.header()));
-        let status = req
-            .header(Marker::ReplayCache.header())
-            .map(target::header_value);
+            .find_map(|(i, m)| marker(i).map(|_| m));
+        let status = marker(3).map(target::header_value);
         Routed {
             replayed,
-            unavailable: req.has_header(Marker::PreferredUnavailable.header()),
+            unavailable: marker(2).is_some(),
             cache_hit: status.is_some_and(|v| v.eq_ignore_ascii_case(b"hit")),
             cache_replayed: status.is_some_and(|v| {
                 !v.eq_ignore_ascii_case(b"hit") && !v.eq_ignore_ascii_case(b"bypass")

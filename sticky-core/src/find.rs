@@ -5,6 +5,7 @@ use std::ops::ControlFlow;
 
 use crate::decision::Rejected;
 use crate::engine::Sticky;
+use crate::seen::Seen;
 use crate::target::{self, Source};
 use crate::view::RequestView;
 
@@ -54,6 +55,7 @@ impl Sticky {
     pub(crate) fn find_target<'a, V: RequestView>(
         &self,
         req: &'a V,
+        seen: &Seen<'a>,
         me: &str,
         now: u64,
     ) -> Found<'a> {
@@ -78,8 +80,8 @@ impl Sticky {
             match source {
                 Source::Cookie => {
                     let scanner = &self.inner.scanner;
-                    req.header_values("cookie", &mut |field| {
-                        if scanner.scan(field, &mut consider) {
+                    seen.each(req, self.inner.cookie_slot, "cookie", &mut |field| {
+                        if scanner.scan(field, me.as_bytes(), &mut consider) {
                             ControlFlow::Break(())
                         } else {
                             ControlFlow::Continue(())
@@ -92,13 +94,13 @@ impl Sticky {
                     }
                 }
                 Source::Key => {
-                    if let Some(t) = self.key_target(req) {
+                    if let Some(t) = self.key_target(req, seen) {
                         return Found::Target(t);
                     }
                 }
                 Source::Header => {
                     if let Some(name) = &self.inner.header_source {
-                        req.header_values(name, &mut |v| {
+                        seen.each(req, self.inner.header_slot, name, &mut |v| {
                             if consider(target::header_value(v)) {
                                 ControlFlow::Break(())
                             } else {
@@ -145,7 +147,7 @@ impl Sticky {
         let _ = now;
         // This Machine's ID passed the format when the engine was built:
         // the Stick path compares, and checks nothing more.
-        let mine = raw == me.as_bytes();
+        let mine = target::same_bytes(raw, me.as_bytes());
         if mine || self.inner.format.accepts_bytes(raw) {
             let target = Target {
                 id: Id::Request(raw),

@@ -11,6 +11,7 @@ use std::sync::{Arc, PoisonError};
 
 use crate::engine::Sticky;
 use crate::find::{Id, Target};
+use crate::seen::{Seen, Slot};
 use crate::target::Source;
 use crate::view::RequestView;
 
@@ -489,11 +490,15 @@ fn index(i: usize) -> u16 {
 pub(crate) fn key_of<'a, V: RequestView>(
     source: &'a CompiledKey,
     req: &'a V,
+    seen: &Seen<'a>,
+    cookie: Slot,
     each: &mut dyn FnMut(&[u8]) -> bool,
 ) -> bool {
     match source {
-        CompiledKey::Header(name) => {
-            let v = req.header(name).map(crate::target::header_value);
+        CompiledKey::Header(name, slot) => {
+            let v = seen
+                .first(req, *slot, name)
+                .map(crate::target::header_value);
             v.is_some_and(|v| !v.is_empty() && each(v))
         }
         CompiledKey::Query(name) => req.query().is_some_and(|q| {
@@ -506,8 +511,8 @@ pub(crate) fn key_of<'a, V: RequestView>(
         }),
         CompiledKey::Cookie(scanner) => {
             let mut found = false;
-            req.header_values("cookie", &mut |field| {
-                scanner.scan(field, &mut |v| {
+            seen.each(req, cookie, "cookie", &mut |field| {
+                scanner.scan(field, b"", &mut |v| {
                     found = !v.is_empty() && each(v);
                     true
                 });
@@ -519,8 +524,10 @@ pub(crate) fn key_of<'a, V: RequestView>(
             });
             found
         }
-        CompiledKey::ClientIp => {
-            let v = req.header("fly-client-ip").map(crate::target::header_value);
+        CompiledKey::ClientIp(slot) => {
+            let v = seen
+                .first(req, *slot, "fly-client-ip")
+                .map(crate::target::header_value);
             v.is_some_and(|v| !v.is_empty() && each(v))
         }
         CompiledKey::PathSegment(prefix) => {
@@ -565,10 +572,10 @@ pub(crate) fn is_path_prefix(prefix: &str) -> bool {
 
 /// A key source, prepared at build time.
 pub(crate) enum CompiledKey {
-    Header(String),
+    Header(String, Slot),
     Query(String),
     Cookie(Box<crate::target::CookieScanner>),
-    ClientIp,
+    ClientIp(Slot),
     PathSegment(String),
     Custom(KeyFn),
 }
@@ -577,7 +584,11 @@ pub(crate) enum CompiledKey {
 impl Sticky {
     /// The Machine a request's key maps to, from the first key source that
     /// yields a key, when the live set is not empty.
-    pub(crate) fn key_target<'a, V: RequestView>(&self, req: &'a V) -> Option<Target<'a>> {
+    pub(crate) fn key_target<'a, V: RequestView>(
+        &self,
+        req: &'a V,
+        seen: &Seen<'a>,
+    ) -> Option<Target<'a>> {
         let inner = &*self.inner;
         if inner.keys.is_empty() {
             return None;
@@ -589,7 +600,7 @@ impl Sticky {
         let mut peers: Option<Arc<PeerSet>> = None;
         let mut id = None;
         for source in &inner.keys {
-            if key_of(source, req, &mut |key| {
+            if key_of(source, req, seen, inner.cookie_slot, &mut |key| {
                 let set = peers.get_or_insert_with(|| self.peers());
                 id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
                 id.is_some()

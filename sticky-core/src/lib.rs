@@ -243,6 +243,7 @@ mod filter;
 mod find;
 mod keys;
 mod render;
+mod seen;
 #[cfg(feature = "signed")]
 mod signed;
 mod target;
@@ -260,6 +261,6 @@ pub use engine::{READ_HEADERS, Sticky};
 pub use env::Env;
 pub use keys::{KeyFn, KeySource, Peer, PeerSet};
 pub use target::{MAX_TARGET_LEN, Source, TargetFormat};
-pub use view::RequestView;
+pub use view::{HeaderNames, RequestView};
 #[cfg(feature = "http")]
-pub use view::{HttpView, http_header_values};
+pub use view::{HttpView, http_header_values, http_header_values_of};

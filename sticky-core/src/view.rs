@@ -59,6 +59,117 @@ pub trait RequestView {
     fn has_header(&self, name: &str) -> bool {
         self.header(name).is_some()
     }
+
+    /// Calls `each(i, value)` with every value of every header named in
+    /// `names`, `i` being the name's index there, in the order received for
+    /// each name, until it returns [`ControlFlow::Break`].
+    ///
+    /// The engine asks for the few headers it reads on every request this
+    /// way, once per request. The default asks [`header_values`] name by
+    /// name; a view over a header list does better with one pass over it,
+    /// matching each field with [`HeaderNames::position`].
+    ///
+    /// [`header_values`]: RequestView::header_values
+    fn header_values_of<'a>(
+        &'a self,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        for (i, name) in names.iter().enumerate() {
+            let mut stop = false;
+            self.header_values(name, &mut |v| {
+                let flow = each(i, v);
+                stop = flow.is_break();
+                flow
+            });
+            if stop {
+                return;
+            }
+        }
+    }
+}
+
+/// The header names an engine reads on every request, fixed when it is
+/// built, for [`RequestView::header_values_of`].
+///
+/// ```
+/// use sticky_core::HeaderNames;
+///
+/// let names = HeaderNames::new(["cookie", "x-tenant-id"]);
+/// assert_eq!(names.position("X-Tenant-ID"), Some(1));
+/// assert_eq!(names.position("accept"), None);
+/// assert_eq!(names.iter().collect::<Vec<_>>(), ["cookie", "x-tenant-id"]);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderNames {
+    names: Vec<Box<str>>,
+    /// The same names parsed for `http` maps, whose fields compare with a
+    /// parsed name in a few instructions (a standard header is one byte).
+    /// Empty when one of the names is no valid header name.
+    #[cfg(feature = "http")]
+    parsed: Vec<http::HeaderName>,
+}
+
+impl HeaderNames {
+    /// The names, lowercased, in this order (a repeated one is kept once).
+    pub fn new<I, S>(names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut out: Vec<Box<str>> = Vec::new();
+        for name in names {
+            let name = name.as_ref().to_ascii_lowercase();
+            if !out.iter().any(|n| **n == *name) {
+                out.push(name.into_boxed_str());
+            }
+        }
+        Self {
+            #[cfg(feature = "http")]
+            parsed: out
+                .iter()
+                .map(|n| http::HeaderName::from_bytes(n.as_bytes()))
+                .collect::<Result<_, _>>()
+                .unwrap_or_default(),
+            names: out,
+        }
+    }
+
+    /// The index of a header field named `field` (any case), if it is one
+    /// of these names.
+    #[inline]
+    pub fn position(&self, field: &str) -> Option<usize> {
+        let field = field.as_bytes();
+        // Lengths and first bytes rule out almost every field a request
+        // carries before any full comparison.
+        self.names.iter().position(|name| {
+            let name = name.as_bytes();
+            name.len() == field.len()
+                && name.first().map(u8::to_ascii_lowercase)
+                    == field.first().map(u8::to_ascii_lowercase)
+                && (name == field || name.eq_ignore_ascii_case(field))
+        })
+    }
+
+    /// The names, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.names.iter().map(|n| &**n)
+    }
+
+    /// The number of names.
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The name at `index`.
+    pub fn get(&self, index: usize) -> Option<&str> {
+        self.names.get(index).map(|n| &**n)
+    }
 }
 
 impl<T: RequestView + ?Sized> RequestView for &T {
@@ -73,6 +184,13 @@ impl<T: RequestView + ?Sized> RequestView for &T {
     }
     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
         (**self).header_values(name, each)
+    }
+    fn header_values_of<'a>(
+        &'a self,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        (**self).header_values_of(names, each)
     }
 }
 
@@ -135,10 +253,13 @@ mod http_impls {
         // lowercase, as the engine's are, so an equal one matches at the
         // first comparison, and case is ignored only when that fails.
         if map.keys_len() <= SCAN_MAX_FIELDS {
+            let name = name.as_bytes();
+            let first = name.first().map(u8::to_ascii_lowercase);
             for (field, value) in map {
-                let field = field.as_str();
+                let field = field.as_str().as_bytes();
                 if field.len() == name.len()
-                    && (field == name || field.eq_ignore_ascii_case(name))
+                    && field.first().copied() == first
+                    && (crate::target::same_bytes(field, name) || field.eq_ignore_ascii_case(name))
                     && each(value.as_bytes()).is_break()
                 {
                     return;
@@ -153,6 +274,46 @@ mod http_impls {
         for value in values {
             if each(value.as_bytes()).is_break() {
                 break;
+            }
+        }
+    }
+
+    /// [`RequestView::header_values_of`] over an `http` 1.x header map: one
+    /// pass over its fields, whatever the number of names.
+    ///
+    /// ```
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.append("cookie", "a=1".parse().unwrap());
+    /// headers.append("x-tenant-id", "acme".parse().unwrap());
+    /// headers.append("cookie", "b=2".parse().unwrap());
+    /// let names = sticky_core::HeaderNames::new(["cookie", "x-tenant-id"]);
+    /// let mut seen = Vec::new();
+    /// sticky_core::http_header_values_of(&headers, &names, &mut |i, v| {
+    ///     seen.push((i, v));
+    ///     std::ops::ControlFlow::Continue(())
+    /// });
+    /// assert_eq!(seen, [(0, &b"a=1"[..]), (0, b"b=2"), (1, b"acme")]);
+    /// ```
+    pub fn each_value_of<'a>(
+        map: &'a http::HeaderMap,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        if names.parsed.len() != names.len() {
+            for (field, value) in map {
+                if let Some(i) = names.position(field.as_str())
+                    && each(i, value.as_bytes()).is_break()
+                {
+                    return;
+                }
+            }
+            return;
+        }
+        for (field, value) in map {
+            if let Some(i) = names.parsed.iter().position(|n| n == field)
+                && each(i, value.as_bytes()).is_break()
+            {
+                return;
             }
         }
     }
@@ -175,6 +336,13 @@ mod http_impls {
         ) {
             each_value(self.headers(), name, each)
         }
+        fn header_values_of<'a>(
+            &'a self,
+            names: &HeaderNames,
+            each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value_of(self.headers(), names, each)
+        }
     }
 
     /// Views the head of an `http` 1.x request.
@@ -194,6 +362,13 @@ mod http_impls {
             each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
         ) {
             each_value(&self.headers, name, each)
+        }
+        fn header_values_of<'a>(
+            &'a self,
+            names: &HeaderNames,
+            each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value_of(&self.headers, names, each)
         }
     }
 
@@ -236,8 +411,17 @@ mod http_impls {
         ) {
             each_value(self.headers, name, each)
         }
+        fn header_values_of<'a>(
+            &'a self,
+            names: &HeaderNames,
+            each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+        ) {
+            each_value_of(self.headers, names, each)
+        }
     }
 }
 
 #[cfg(feature = "http")]
-pub use http_impls::{HttpView, each_value as http_header_values};
+pub use http_impls::{
+    HttpView, each_value as http_header_values, each_value_of as http_header_values_of,
+};

@@ -165,7 +165,7 @@ use actix_web::{HttpMessage, HttpResponse};
 use futures_util::StreamExt;
 use pin_project_lite::pin_project;
 pub use sticky_core;
-use sticky_core::{Action, Answer, Finish, READ_HEADERS, RequestView};
+use sticky_core::{Action, Answer, Finish, HeaderNames, READ_HEADERS, RequestView};
 
 /// A predicate that exempts a request from stickiness.
 ///
@@ -413,6 +413,22 @@ impl RequestView for View<'_> {
         for value in values {
             if each(value.as_bytes()).is_break() {
                 break;
+            }
+        }
+    }
+
+    fn header_values_of<'a>(
+        &'a self,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        // One pass over the fields: no hashing, and no parsing of the
+        // configured names (`get_all(&str)` parses on every call).
+        for (field, value) in self.0.headers().iter() {
+            if let Some(i) = names.position(field.as_str())
+                && each(i, value.as_bytes()).is_break()
+            {
+                return;
             }
         }
     }

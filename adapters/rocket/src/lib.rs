@@ -171,7 +171,7 @@ use rocket::http::uri::Origin;
 use rocket::http::{Header, Method, Status};
 use rocket::route::{Handler, Outcome};
 use rocket::{Build, Data, Request, Response, Rocket, Route};
-use sticky_core::{Action, Answer, RequestView};
+use sticky_core::{Action, Answer, HeaderNames, RequestView};
 
 pub use sticky_core;
 
@@ -266,6 +266,50 @@ impl RequestView for View<'_, '_> {
         for value in self.0.headers().get(name) {
             if each(value.as_bytes()).is_break() {
                 break;
+            }
+        }
+    }
+
+    fn header_values_of<'a>(
+        &'a self,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        // One pass over the fields, no hashing: Rocket's `get` hashes each
+        // name case-insensitively. Its iterator lends every value borrowed
+        // from the map; a value it ever lent owned (it does not) would be
+        // read with `get`, for a name none of whose values came yet.
+        let headers = self.0.headers();
+        // Bit i: a value of names[i] came (`started`), or all of them were
+        // read with `get` (`fetched`, so later fields of it are passed over).
+        let (mut started, mut fetched) = (0u64, 0u64);
+        for header in headers.iter() {
+            let Some(i) = names.position(header.name().as_str()) else {
+                continue;
+            };
+            let bit = u32::try_from(i)
+                .ok()
+                .and_then(|i| 1u64.checked_shl(i))
+                .unwrap_or(0);
+            if fetched & bit != 0 {
+                continue;
+            }
+            match header.value {
+                std::borrow::Cow::Borrowed(value) => {
+                    started |= bit;
+                    if each(i, value.as_bytes()).is_break() {
+                        return;
+                    }
+                }
+                std::borrow::Cow::Owned(_) if started & bit == 0 && bit != 0 => {
+                    fetched |= bit;
+                    for value in headers.get(header.name().as_str()) {
+                        if each(i, value.as_bytes()).is_break() {
+                            return;
+                        }
+                    }
+                }
+                std::borrow::Cow::Owned(_) => {}
             }
         }
     }

@@ -120,7 +120,7 @@ use std::ops::ControlFlow;
 
 use futures_util::{Stream, StreamExt};
 pub use sticky_core;
-use sticky_core::{Action, Answer, Finish, RequestView, Sticky};
+use sticky_core::{Action, Answer, Finish, HeaderNames, RequestView, Sticky};
 use warp::filters::path::FullPath;
 use warp::http::{HeaderMap, Method};
 use warp::reject::{Reject, Rejection};
@@ -358,6 +358,13 @@ impl RequestView for Head {
     }
     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
         sticky_core::http_header_values(&self.headers, name, each);
+    }
+    fn header_values_of<'a>(
+        &'a self,
+        names: &HeaderNames,
+        each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
+    ) {
+        sticky_core::http_header_values_of(&self.headers, names, each);
     }
 }
 
