@@ -12,6 +12,7 @@ use crate::engine::{Inner, Sticky};
 use crate::env::Env;
 use crate::filter::glob_set;
 use crate::keys::{self, CompiledKey, KeySource};
+use crate::metrics::Counters;
 use crate::render::CookieAttrs;
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
@@ -256,6 +257,7 @@ impl Builder {
                     None
                 },
                 pins_cookie,
+                counters: self.count_decisions.then(Counters::new),
             }),
         };
         sticky.set_peers(initial_peers);
