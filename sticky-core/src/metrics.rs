@@ -268,7 +268,15 @@ impl Counters {
     /// Counts one decision: the hot path's whole cost.
     #[inline]
     pub(crate) fn count(&self, outcome: &Outcome) {
-        let cell = outcome.kind().index() * REASONS + reason_index(outcome.reason());
+        // One match for the outcome's row and its reason (not `kind()` and
+        // then `reason()`, two): this is the Stick path's whole extra cost.
+        let (row, reason) = match outcome {
+            Outcome::Stick(r) => (0, r),
+            Outcome::SetCookie(_, r) => (REASONS, r),
+            Outcome::Replay(_, r) => (2 * REASONS, r),
+            Outcome::Refuse(_, r) => (3 * REASONS, r),
+        };
+        let cell = row + reason_index(*reason);
         if let Some(c) = self.cells.get(cell) {
             c.fetch_add(1, Ordering::Relaxed);
         }
