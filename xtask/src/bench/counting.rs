@@ -41,6 +41,8 @@ pub(crate) struct Timing {
     pub(crate) q3: f64,
     pub(crate) rounds: u64,
     pub(crate) calls: u64,
+    /// `/proc/loadavg`'s 1-minute figure when the bench ran (`?` if unknown).
+    pub(crate) load: String,
 }
 
 /// Runs `cargo bench -p sticky-core --bench counting` and reads its
@@ -62,7 +64,18 @@ pub(crate) fn timings(plan: &Plan) -> Result<Vec<Timing>, String> {
     if !out.status.success() {
         return Err("cargo bench -p sticky-core --bench counting failed".to_owned());
     }
-    let rows: Vec<Timing> = text.lines().filter_map(parse).collect();
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    let rows: Vec<Timing> = text
+        .lines()
+        .filter_map(parse)
+        .map(|t| Timing {
+            load: load.clone(),
+            ..t
+        })
+        .collect();
     if rows.is_empty() {
         return Err("the counting bench printed no `counting:` line".to_owned());
     }
@@ -87,6 +100,7 @@ fn parse(line: &str) -> Option<Timing> {
         q3: num("q3")?,
         rounds: field("rounds")?.parse().ok()?,
         calls: field("calls")?.parse().ok()?,
+        load: String::new(),
     })
 }
 
@@ -108,9 +122,9 @@ pub(crate) fn markdown(rows: &[Timing], paths: &[PathCount]) -> String {
          other processes falls on both alike; each side is the 10th percentile of its blocks \
          (the blocks no other process stretched), and the paired differences ON - OFF, block \
          by block, show how far the machine's noise reaches. Instructions: the callgrind paths \
-         of `sticky-core/benches/instructions.rs`, counted and `/uncounted` (a difference of a \
-         few instructions can also come from where the heap put the request: the SIMD cookie \
-         scan and `memcmp` run a little longer or shorter by alignment). \
+         of `sticky-core/benches/instructions.rs`, counted and `/uncounted` (the uncounted \
+         engine is built on a heap laid out as beside the counters' table, since the SIMD \
+         cookie scan and `memcmp` vary by a few instructions with the request's alignment). \
          `sticky-core/tests/alloc.rs` asserts that the Stick path allocates nothing with \
          counting on. Run alone with `cargo xtask bench --counting`.\n\n\
          | settings | ON | OFF | ON - OFF | paired ON - OFF: median | interquartile | instructions ON | OFF | ON - OFF |\n\
@@ -130,8 +144,10 @@ pub(crate) fn markdown(rows: &[Timing], paths: &[PathCount]) -> String {
     if let Some(t) = rows.first() {
         let _ = writeln!(
             md,
-            "\n{} rounds of {} calls per side; the Stick path's request (5 cookies, ours last).",
-            t.rounds, t.calls
+            "\n{} rounds of {} calls per side, 16 engines per side used in turn; the Stick \
+             path's request (5 cookies, ours last); load average {} when the timing ran. A \
+             difference inside the interquartile range is below what the machine resolves.",
+            t.rounds, t.calls, t.load
         );
     }
     md
