@@ -695,9 +695,13 @@ impl Builder {
 
     /// Whether the engine counts its decisions by outcome and reason, for
     /// [`Sticky::metrics`](crate::Sticky::metrics) (default `true`). Each
-    /// decision then costs one relaxed atomic add more, and nothing is
-    /// allocated; off, the counter table is not even allocated and
-    /// `metrics()` is empty.
+    /// decision then costs one relaxed atomic add more (about 20
+    /// instructions on the Stick path), and nothing is allocated; off, the
+    /// counter table is not even allocated and `metrics()` is empty. The
+    /// counters are shared by every thread: when many cores decide at once,
+    /// the hot counter's cache line moves between them (a cost the 2-core
+    /// benchmark machine cannot show); turn counting off if it ever appears
+    /// in a profile.
     pub fn count_decisions(mut self, on: bool) -> Self {
         self.count_decisions = on;
         self

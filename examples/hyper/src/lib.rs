@@ -10,7 +10,7 @@
 //! itself. The routes are the same as every example's:
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this Machine (every route but `/health`);
+//!   runs on this Machine (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `GET /metrics` answers the engine's decision counters in Prometheus
 //!   text, and is never sticky (excluded like `/health`, not counted);

@@ -5,7 +5,7 @@
 //! `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this Machine (every route but `/health`);
+//!   runs on this Machine (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
 //! - `GET /metrics` answers the engine's decision counters in Prometheus
 //!   text, and is never sticky (excluded like `/health`, not counted);
