@@ -58,9 +58,9 @@ impl OutcomeKind {
         }
     }
 
-    /// Whether the handler runs (`Stick`, `SetCookie`): the request is
-    /// served on this Machine.
-    pub const fn serves_here(self) -> bool {
+    /// Whether the app's handler runs (`Stick`, `SetCookie`); a `Replay` or
+    /// a `Refuse` is answered by the middleware alone.
+    pub const fn runs_handler(self) -> bool {
         matches!(self, OutcomeKind::Stick | OutcomeKind::SetCookie)
     }
 

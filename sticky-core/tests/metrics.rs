@@ -68,6 +68,12 @@ fn each_decision_is_counted_under_its_outcome_and_reason() {
     assert_eq!(m.total_of(OutcomeKind::Replay), 1);
     assert_eq!(m.total_of(OutcomeKind::SetCookie), 3);
     assert_eq!(m.iter().count(), 7, "{m:?}");
+    let handler_runs: u64 = m
+        .iter()
+        .filter(|(o, ..)| o.runs_handler())
+        .map(|(.., n)| n)
+        .sum();
+    assert_eq!(handler_runs, 7, "all but the replay");
 
     let text = m.to_string();
     assert_eq!(
