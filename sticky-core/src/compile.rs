@@ -12,6 +12,7 @@ use crate::engine::{Inner, ROUTING, Sticky};
 use crate::env::Env;
 use crate::filter::glob_set;
 use crate::keys::{self, CompiledKey, KeySource};
+use crate::metrics::Counters;
 use crate::render::CookieAttrs;
 use crate::seen::Slot;
 #[cfg(feature = "signed")]
@@ -281,6 +282,7 @@ impl Builder {
                     None
                 },
                 pins_cookie,
+                counters: self.count_decisions.then(Counters::new),
             }),
         };
         sticky.set_peers(initial_peers);

@@ -459,6 +459,7 @@ pub struct Builder {
     pub(crate) key_sources: Vec<KeySource>,
     pub(crate) prefer_region: bool,
     pub(crate) peers: Vec<Peer>,
+    pub(crate) count_decisions: bool,
 }
 
 impl Default for Builder {
@@ -496,6 +497,7 @@ impl Default for Builder {
             key_sources: Vec::new(),
             prefer_region: false,
             peers: Vec::new(),
+            count_decisions: true,
         }
     }
 }
@@ -688,6 +690,20 @@ impl Builder {
     /// (flysim does, within 1 MB).
     pub fn replay_unknown_length(mut self, on: bool) -> Self {
         self.replay_unknown_length = on;
+        self
+    }
+
+    /// Whether the engine counts its decisions by outcome and reason, for
+    /// [`Sticky::metrics`](crate::Sticky::metrics) (default `true`). Each
+    /// decision then costs one relaxed atomic add more (about 20
+    /// instructions on the Stick path), and nothing is allocated; off, the
+    /// counter table is not even allocated and `metrics()` is empty. The
+    /// counters are shared by every thread: when many cores decide at once,
+    /// the hot counter's cache line moves between them (a cost the 2-core
+    /// benchmark machine cannot show); turn counting off if it ever appears
+    /// in a profile.
+    pub fn count_decisions(mut self, on: bool) -> Self {
+        self.count_decisions = on;
         self
     }
 

@@ -11,6 +11,7 @@ use crate::decision::{Decision, Marker, Outcome, Reason};
 use crate::filter::PathSet;
 use crate::find::{Found, Target};
 use crate::keys::{CompiledKey, PeerSet};
+use crate::metrics::Counters;
 use crate::render::{CookieAttrs, refusal};
 use crate::seen::{Seen, Slot};
 #[cfg(feature = "signed")]
@@ -20,7 +21,8 @@ use crate::view::{HeaderNames, RequestView};
 
 /// The sticky-session engine: configuration plus this Machine's identity.
 ///
-/// Cheap to clone (one `Arc`); clones share the drain switch.
+/// Cheap to clone (one `Arc`); clones share the drain switch and the
+/// decision counters ([`metrics`](Self::metrics)).
 ///
 /// ```
 /// use sticky_core::{Env, Outcome, Reason, Source, Sticky};
@@ -97,6 +99,8 @@ pub(crate) struct Inner {
     pub(crate) key_region: Option<String>,
     /// Whether the cookie is a source: only then is a client pinned by cookie.
     pub(crate) pins_cookie: bool,
+    /// The decision counters (`None`: counting off).
+    pub(crate) counters: Option<Counters>,
 }
 
 /// Where a request that is not served as pinned here must go (rows 5 to 8).
@@ -186,6 +190,7 @@ impl Sticky {
             outcome: self.outcome(req, now, draining),
             close: draining,
         };
+        self.count(&decision);
         #[cfg(feature = "tracing")]
         tracing::debug!(
             method = req.method(),
@@ -201,9 +206,19 @@ impl Sticky {
     /// (e.g. `StickyLayer::skip_if`): served here untouched, except that it
     /// still closes its connection while draining.
     pub fn skipped(&self) -> Decision {
-        Decision {
+        let decision = Decision {
             outcome: Outcome::Stick(Reason::Skipped),
             close: self.is_draining(),
+        };
+        self.count(&decision);
+        decision
+    }
+
+    /// Counts a finished decision for [`metrics`](Self::metrics).
+    #[inline]
+    fn count(&self, decision: &Decision) {
+        if let Some(counters) = &self.inner.counters {
+            counters.count(&decision.outcome);
         }
     }
 

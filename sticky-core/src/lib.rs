@@ -213,6 +213,42 @@
 //! [`KeySource::PathSegment`] makes the replay name its path pattern, so
 //! every user of that room goes straight to its Machine.
 //!
+//! # Metrics
+//!
+//! The engine counts its decisions by outcome and reason, for operators:
+//! [`Sticky::metrics`] is a [`MetricsSnapshot`], iterable as
+//! `(OutcomeKind, Reason, count)` and rendered in Prometheus' text format
+//! (`sticky_decisions_total{outcome,reason,source,detail}` and the gauge
+//! `sticky_draining`). Counting is on by default: one relaxed atomic add
+//! per decision into a table allocated once at start-up and shared by every
+//! clone, nothing allocated per request, no dependency
+//! ([`Builder::count_decisions`] turns it off). Serve it on a path you
+//! exclude, so that a scrape is never replayed:
+//!
+//! ```
+//! use sticky_core::{Env, MetricsSnapshot, Sticky};
+//!
+//! let sticky = Sticky::builder()
+//!     .exclude(["/health", "/metrics"])
+//!     .build(Env::machine("148ed599c14189"))?;
+//! // In the app's `GET /metrics` handler (pinned elsewhere, yet served here):
+//! let scrape = http::Request::get("/metrics")
+//!     .header("cookie", "fly-machine-id=90801679a10038")
+//!     .body(())
+//!     .unwrap();
+//! assert!(sticky.decide(&scrape).short_circuit().is_none());
+//! let body = sticky.metrics().to_string();
+//! let content_type = MetricsSnapshot::CONTENT_TYPE;
+//! assert!(body.contains(r#"sticky_decisions_total{outcome="stick",reason="path_excluded"} 1"#));
+//! # let _ = content_type;
+//! # Ok::<(), sticky_core::ConfigError>(())
+//! ```
+//!
+//! On Fly, a `[metrics]` section in `fly.toml` (`port`, `path = "/metrics"`)
+//! makes Fly's Prometheus scrape every Machine and label the series with
+//! it; the Machine a replay went to is not a label (it would grow a series
+//! per Machine ever named).
+//!
 //! # Safety of the `fly-replay` header
 //!
 //! Only a target that passed the [`TargetFormat`] reaches a header, and no
@@ -242,6 +278,7 @@ mod env;
 mod filter;
 mod find;
 mod keys;
+mod metrics;
 mod render;
 mod seen;
 #[cfg(feature = "signed")]
@@ -260,6 +297,7 @@ pub use decision::{
 pub use engine::{READ_HEADERS, Sticky};
 pub use env::Env;
 pub use keys::{KeyFn, KeySource, Peer, PeerSet};
+pub use metrics::{MetricsSnapshot, OutcomeKind};
 pub use target::{MAX_TARGET_LEN, Source, TargetFormat};
 pub use view::{HeaderNames, RequestView};
 #[cfg(feature = "http")]

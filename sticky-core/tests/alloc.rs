@@ -98,6 +98,31 @@ fn allocation_counts_per_path() {
     let (n, d) = allocations(|| sticky.decide(&here));
     assert!(matches!(d.outcome(), Outcome::Replay(..)));
     assert_eq!(n, 0, "drain: elsewhere=true is shared");
+
+    // Every decision above was counted (the counters are on by default),
+    // and counting allocated nothing: the counts above include it.
+    assert_eq!(sticky.metrics().total(), 5);
+}
+
+/// The Stick path allocates nothing with the decision counters on or off,
+/// over many calls (a counter that grew a table lazily would show here).
+#[test]
+fn counting_allocates_nothing_on_the_stick_path() {
+    for on in [true, false] {
+        let sticky = Sticky::builder()
+            .count_decisions(on)
+            .build(Env::machine(S))
+            .unwrap();
+        let here = request(Some(S), &[]);
+        let before = COUNT.with(Cell::get);
+        for _ in 0..1_000 {
+            let d = sticky.decide(&here);
+            assert!(matches!(d.outcome(), Outcome::Stick(_)));
+        }
+        let n = COUNT.with(Cell::get) - before;
+        assert_eq!(n, 0, "1,000 Stick decisions, counting {on}");
+        assert_eq!(sticky.metrics().total(), if on { 1_000 } else { 0 });
+    }
 }
 
 #[cfg(feature = "signed")]

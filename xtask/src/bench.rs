@@ -17,6 +17,9 @@
 //! 5. Instruction counts under callgrind (`instructions.rs`; alone with
 //!    `--instructions`): `decide` per path, and every example ON vs OFF;
 //!    and key affinity at 3 to 1,000 Machines (`lookup.rs`, criterion).
+//! 6. The decision counters' cost on the Stick path (`counting.rs`; alone
+//!    with `--counting`): on vs off interleaved in one run, nanoseconds,
+//!    and their instructions from step 5.
 //!
 //! It prints the tables and writes `BENCHMARKS.md` and `docs/benchmarks.svg`.
 
@@ -28,6 +31,7 @@ use crate::{FRAMEWORKS, build_examples, cargo, root, run as run_step, target_dir
 mod ab;
 mod cache;
 mod chart;
+mod counting;
 mod hop;
 mod instructions;
 mod lookup;
@@ -113,16 +117,18 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let mut only = Vec::new();
     let mut instructions_only = false;
     let mut cache_only = false;
+    let mut counting_only = false;
     for arg in args {
         match arg.as_str() {
             "--quick" => quick = true,
             "--instructions" => instructions_only = true,
             "--replay-cache" => cache_only = true,
+            "--counting" => counting_only = true,
             "--no-pin" => pin = false,
             fw if FRAMEWORKS.contains(&fw) => only.push(fw),
             other => {
                 return Err(format!(
-                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [--instructions] [--replay-cache] [{}..])",
+                    "unknown argument {other:?} (usage: cargo xtask bench [--quick] [--no-pin] [--instructions] [--replay-cache] [--counting] [{}..])",
                     FRAMEWORKS.join("|")
                 ));
             }
@@ -139,6 +145,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     }
     if cache_only {
         return cache::run_alone(&plan, pin, started);
+    }
+    if counting_only {
+        return counting::run_alone(&plan, started);
     }
 
     let wrk_version = wrk::ensure_installed()?;
@@ -165,6 +174,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let core = micro::criterion(&plan)?;
     let keys = lookup::criterion(&plan)?;
     let allocations = micro::alloc_test()?;
+    let counting = counting::timings(&plan)?;
     report::print_core(&core);
     phases.push(("decide benches + allocation test", phase.elapsed()));
 
@@ -224,6 +234,7 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let md_path = root().join("BENCHMARKS.md");
     println!("{}", instructions::markdown(&counts));
     let markdown = instructions::splice(&run.markdown(), &counts);
+    let markdown = counting::splice(&markdown, &counting, &counts.paths);
     let markdown = match &cache {
         Some(rows) => cache::splice(&markdown, rows, &plan),
         None => markdown,

@@ -21,8 +21,9 @@ tasks:
                 (--h2: flysim speaks h2c to the Machines, plus the h2c client scenarios)
   demo [--serve] 3 Machines of example-axum behind flysim and a scripted client showing stickiness
   fuzz [--seconds N] the cargo-fuzz target fuzz/decide for N s (default 60); installs cargo-fuzz if missing
-  bench [--quick] [--instructions] middleware on/off A/B per example under load, replay hop cost,
-                instruction counts under callgrind (--instructions: those alone); writes BENCHMARKS.md
+  bench [--quick] [--instructions] [--counting] middleware on/off A/B per example under load, replay hop cost,
+                instruction counts under callgrind (--instructions: those alone), the decision
+                counters' cost (--counting: that alone); writes BENCHMARKS.md
   soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md
   socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)
   browser [--debug] [--docs] every example (release; --debug: dev binaries) in headless Chromium behind flysim

@@ -6,8 +6,10 @@
 //! behind Fly's `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this process (every route but `/health`);
+//!   runs on this process (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
+//! - `GET /metrics` answers the engine's decision counters in Prometheus
+//!   text, and is never sticky (excluded like `/health`, not counted);
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
@@ -30,7 +32,9 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, Error, HttpRequest, HttpResponse, HttpServer, web};
 use actix_ws::Message;
-use sticky_actix_web::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_actix_web::sticky_core::{
+    ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -38,14 +42,14 @@ pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 /// How long a graceful stop waits for in-flight requests (seconds).
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 5;
 
-/// The engine with the contract's settings: defaults, `/health` excluded,
+/// The engine with the contract's settings: defaults, `/health` and `/metrics` excluded,
 /// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
 /// affinity before the cookie, replays kept cacheable for the `replay_cache`
 /// rule of `examples/fly.toml`, and a room's replays naming its path for
 /// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -58,6 +62,8 @@ pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
 struct State {
     machine: Arc<str>,
     handled: AtomicU64,
+    /// For `GET /metrics`: a clone shares the middleware's counters.
+    sticky: Sticky,
 }
 
 impl State {
@@ -80,6 +86,7 @@ impl Contract {
         let state = State {
             machine: sticky.machine_id().unwrap_or("local").into(),
             handled: AtomicU64::new(0),
+            sticky: sticky.clone(),
         };
         Self {
             sticky,
@@ -92,7 +99,7 @@ impl Contract {
         &self.sticky
     }
 
-    /// How many times a handler ran (every route but `/health`).
+    /// How many times a handler ran (every route but `/health` and `/metrics`).
     pub fn handled(&self) -> u64 {
         self.state.handled.load(Ordering::Relaxed)
     }
@@ -114,6 +121,7 @@ impl Contract {
             .app_data(web::PayloadConfig::new(MAX_UPLOAD))
             .route("/", web::get().to(index))
             .route("/health", web::get().to(health))
+            .route("/metrics", web::get().to(metrics))
             .route("/upload", web::post().to(upload))
             .route("/ws", web::get().to(ws))
             .route("/api/tenant", web::get().to(tenant))
@@ -144,6 +152,12 @@ async fn page(state: web::Data<State>) -> HttpResponse {
 
 async fn health() -> &'static str {
     "ok"
+}
+
+async fn metrics(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(MetricsSnapshot::CONTENT_TYPE)
+        .body(state.sticky.metrics().to_string())
 }
 
 async fn tenant(state: web::Data<State>, req: HttpRequest) -> String {

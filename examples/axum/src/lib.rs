@@ -5,8 +5,10 @@
 //! behind Fly's `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this Machine (every route but `/health`);
+//!   runs on this Machine (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
+//! - `GET /metrics` answers the engine's decision counters in Prometheus
+//!   text, and is never sticky (excluded like `/health`, not counted);
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
@@ -25,11 +27,13 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::HeaderMap;
-use axum::response::{Html, Response};
+use axum::http::{HeaderMap, header};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use sticky_axum::StickyLayer;
-use sticky_axum::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_axum::sticky_core::{
+    ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 
 /// Uploads up to this size are accepted (well past Fly's 1 MB replay limit).
 pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
@@ -38,6 +42,8 @@ pub const MAX_UPLOAD: usize = 64 * 1024 * 1024;
 struct App {
     machine: Arc<str>,
     handled: Arc<AtomicU64>,
+    /// For `GET /metrics`: a clone shares the layer's counters.
+    sticky: Sticky,
 }
 
 impl App {
@@ -46,14 +52,14 @@ impl App {
     }
 }
 
-/// The engine with the contract's settings: defaults, `/health` excluded,
+/// The engine with the contract's settings: defaults, `/health` and `/metrics` excluded,
 /// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
 /// affinity before the cookie, replays kept cacheable for the `replay_cache`
 /// rule of `examples/fly.toml`, and a room's replays naming its path for
 /// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -68,10 +74,12 @@ pub fn app(sticky: Sticky) -> Router {
     let state = App {
         machine: sticky.machine_id().unwrap_or("local").into(),
         handled: Arc::default(),
+        sticky: sticky.clone(),
     };
     Router::new()
         .route("/", get(index))
         .route("/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/upload", post(upload))
         .route("/ws", get(ws))
         .route("/api/tenant", get(tenant))
@@ -80,6 +88,13 @@ pub fn app(sticky: Sticky) -> Router {
         .layer(DefaultBodyLimit::max(MAX_UPLOAD))
         .with_state(state)
         .layer(StickyLayer::new(sticky))
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, MetricsSnapshot::CONTENT_TYPE)],
+        app.sticky.metrics().to_string(),
+    )
 }
 
 async fn index(State(app): State<App>) -> String {

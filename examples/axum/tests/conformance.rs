@@ -43,3 +43,12 @@ async fn conformance() {
     println!("{report}");
     report.assert_passed();
 }
+
+/// The binary's own engine (what `cargo xtask conformance` runs) leaves
+/// `/health` and `/metrics` alone, as the suite's engine does.
+#[test]
+fn own_engine_never_sticks_health_or_metrics() {
+    let sticky =
+        example_axum::sticky(sticky_axum::sticky_core::Env::machine("148ed599c14189")).unwrap();
+    conformance::check_never_sticky(&sticky).unwrap();
+}

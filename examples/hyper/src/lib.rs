@@ -10,8 +10,10 @@
 //! itself. The routes are the same as every example's:
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this Machine (every route but `/health`);
+//!   runs on this Machine (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
+//! - `GET /metrics` answers the engine's decision counters in Prometheus
+//!   text, and is never sticky (excluded like `/health`, not counted);
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
@@ -37,7 +39,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use sticky_core::{Action, ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_core::{
+    Action, ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key};
@@ -48,14 +52,14 @@ const APP_PAGE: &str = include_str!("../../app.html");
 /// The response type of every route: a whole body, or an empty one.
 pub type Res = Response<Full<Bytes>>;
 
-/// The engine with the contract's settings: defaults, `/health` excluded,
+/// The engine with the contract's settings: defaults, `/health` and `/metrics` excluded,
 /// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
 /// affinity before the cookie, replays kept cacheable for the `replay_cache`
 /// rule of `examples/fly.toml`, and a room's replays naming its path for
 /// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -70,6 +74,8 @@ pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
 pub struct App {
     machine: Arc<str>,
     handled: Arc<AtomicU64>,
+    /// For `GET /metrics`: a clone shares the counters of the engine that decides.
+    sticky: Sticky,
 }
 
 impl App {
@@ -78,6 +84,7 @@ impl App {
         App {
             machine: sticky.machine_id().unwrap_or("local").into(),
             handled: Arc::default(),
+            sticky: sticky.clone(),
         }
     }
 
@@ -93,11 +100,12 @@ impl App {
         match req.uri().path() {
             "/" if get => text(index_text(&self.machine, self.count())),
             "/health" if get => text("ok"),
+            "/metrics" if get => self.metrics(),
             "/upload" if post => self.upload(req.into_body()).await,
             "/ws" if get => self.websocket(req),
             "/api/tenant" if get => self.tenant(&req),
             "/app" if get => self.page(),
-            "/" | "/health" | "/upload" | "/ws" | "/api/tenant" | "/app" => {
+            "/" | "/health" | "/metrics" | "/upload" | "/ws" | "/api/tenant" | "/app" => {
                 empty(StatusCode::METHOD_NOT_ALLOWED)
             }
             path => match path.strip_prefix("/rooms/") {
@@ -112,6 +120,15 @@ impl App {
                 _ => empty(StatusCode::NOT_FOUND),
             },
         }
+    }
+
+    fn metrics(&self) -> Res {
+        let mut res = text(self.sticky.metrics().to_string());
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(MetricsSnapshot::CONTENT_TYPE),
+        );
+        res
     }
 
     fn page(&self) -> Res {

@@ -6,6 +6,8 @@
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`;
 //! - `GET /health` answers `ok` and is never sticky;
+//! - `GET /metrics` answers the engine's decision counters in Prometheus
+//!   text, and is never sticky (excluded like `/health`, not counted);
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
 //! - `GET /ws` is a WebSocket that echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
@@ -17,7 +19,7 @@
 //!   (`examples/app.html`), sticky like `/`.
 //!
 //! `<id>` is the Machine ID, or `local` when not on Fly; `n` counts the
-//! handler runs of this process (every route but `/health`).
+//! handler runs of this process (every route but `/health` and `/metrics`).
 //!
 //! Tests start it with any engine:
 //!
@@ -53,7 +55,9 @@ use poem::web::{Data, Path};
 use poem::{
     Body, Endpoint, EndpointExt, IntoResponse, Response, Route, Server, get, handler, post,
 };
-use sticky_poem::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_poem::sticky_core::{
+    ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 
 /// The largest upload `/upload` accepts (64 MiB); larger bodies get a 413.
 pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
@@ -61,14 +65,14 @@ pub const UPLOAD_LIMIT: usize = 64 * 1024 * 1024;
 /// How long a graceful shutdown waits for requests in flight.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The engine the contract asks for: defaults, except that `/health` is
-/// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
+/// The engine the contract asks for: defaults, except that `/health` and
+/// `/metrics` are never sticky and tenants (`x-tenant-id`) are pinned by key affinity
 /// before the cookie, as are rooms (`/rooms/<room>`); replays stay cacheable
 /// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
 /// name its path for Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -82,6 +86,8 @@ pub fn configure(env: Env) -> Result<Sticky, ConfigError> {
 struct State {
     machine: String,
     handled: AtomicU64,
+    /// For `GET /metrics`: a clone shares the middleware's counters.
+    sticky: Sticky,
 }
 
 impl State {
@@ -129,6 +135,13 @@ fn health() -> &'static str {
 }
 
 #[handler]
+fn metrics(Data(state): Data<&Arc<State>>) -> Response {
+    Response::builder()
+        .content_type(MetricsSnapshot::CONTENT_TYPE)
+        .body(state.sticky.metrics().to_string())
+}
+
+#[handler]
 async fn upload(Data(state): Data<&Arc<State>>, body: Body) -> poem::Result<String> {
     state.count();
     let bytes = body.into_bytes_limit(UPLOAD_LIMIT).await?;
@@ -160,10 +173,12 @@ pub fn app(sticky: Sticky) -> impl Endpoint<Output = Response> + 'static {
     let state = Arc::new(State {
         machine: sticky.machine_id().unwrap_or("local").to_owned(),
         handled: AtomicU64::new(0),
+        sticky: sticky.clone(),
     });
     Route::new()
         .at("/", get(index))
         .at("/health", get(health))
+        .at("/metrics", get(metrics))
         .at("/upload", post(upload))
         .at("/ws", get(ws))
         .at("/api/tenant", get(tenant))

@@ -10,6 +10,7 @@
 //! |---|---|
 //! | `GET /` | `machine=<id> handled=<n>` (counts itself first) |
 //! | `GET /health` | `ok` (excluded from stickiness, not counted) |
+//! | `GET /metrics` | the engine's decision counters in Prometheus text (excluded from stickiness, not counted) |
 //! | `POST /upload` | reads the whole body (up to [`UPLOAD_LIMIT`]), `machine=<id> bytes=<len>` |
 //! | `GET /ws` | WebSocket echo: each text message comes back as `<id>:<message>` |
 //! | `GET /api/tenant` | `machine=<id> tenant=<value>`, pinned by key affinity on `x-tenant-id` (live set: `STICKY_PEERS` or Fly's DNS, see `sticky-peers`) |
@@ -17,7 +18,7 @@
 //! | `GET /app` | the browser page shared by every example (`examples/app.html`), sticky like `/` |
 //!
 //! `<id>` is the Machine ID (`local` when not on Fly) and `<n>` the number of
-//! handler runs on this process (every route but `/health` counts).
+//! handler runs on this process (every route but `/health` and `/metrics` counts).
 //!
 //! The binary serves it on `0.0.0.0:$PORT`; tests start it with [`start`] on
 //! any address with any engine.
@@ -31,25 +32,27 @@ use rocket::config::{Config, LogLevel, Shutdown as ShutdownConfig};
 use rocket::data::{ByteUnit, Data, Limits};
 use rocket::fairing::AdHoc;
 use rocket::futures::{SinkExt, StreamExt};
-use rocket::http::Status;
+use rocket::http::{ContentType, Status};
 use rocket::request::{FromRequest, Outcome, Request};
 use rocket::tokio::{self, sync::oneshot, task::JoinHandle};
 use rocket::{Build, Ignite, Rocket, Shutdown, State, get, post, routes};
 use rocket_ws::{Channel, Message, WebSocket};
-use sticky_rocket::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_rocket::sticky_core::{
+    ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 
 /// The largest upload `POST /upload` accepts (Rocket's `bytes` data limit is
 /// raised to this; its default is 8 MiB).
 pub const UPLOAD_LIMIT: ByteUnit = ByteUnit::Mebibyte(32);
 
-/// The engine of the app contract: defaults, except that `/health` is
-/// never sticky and tenants (`x-tenant-id`) are pinned by key affinity
+/// The engine of the app contract: defaults, except that `/health` and
+/// `/metrics` are never sticky and tenants (`x-tenant-id`) are pinned by key affinity
 /// before the cookie, as are rooms (`/rooms/<room>`); replays stay cacheable
 /// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
 /// name its path for Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn engine(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -92,6 +95,8 @@ pub fn test_config() -> Config {
 struct App {
     id: String,
     handled: AtomicU64,
+    /// For `GET /metrics`: a clone shares the fairing's counters.
+    sticky: Sticky,
 }
 
 impl App {
@@ -153,6 +158,13 @@ fn health() -> &'static str {
     "ok"
 }
 
+#[get("/metrics")]
+fn metrics(app: &State<App>) -> (ContentType, String) {
+    let content_type =
+        ContentType::parse_flexible(MetricsSnapshot::CONTENT_TYPE).unwrap_or(ContentType::Plain);
+    (content_type, app.sticky.metrics().to_string())
+}
+
 #[post("/upload", data = "<data>")]
 async fn upload(app: &State<App>, limits: &Limits, data: Data<'_>) -> Result<String, Status> {
     app.count();
@@ -193,10 +205,14 @@ pub fn app(sticky: Sticky, config: Config) -> Rocket<Build> {
     let state = App {
         id: sticky.machine_id().unwrap_or("local").to_owned(),
         handled: AtomicU64::new(0),
+        sticky: sticky.clone(),
     };
     rocket::custom(config)
         .manage(state)
-        .mount("/", routes![index, health, upload, ws, tenant, room, page])
+        .mount(
+            "/",
+            routes![index, health, metrics, upload, ws, tenant, room, page],
+        )
         .attach(sticky_rocket::StickyFairing::new(sticky))
 }
 

@@ -12,7 +12,9 @@
 //! - `GET /client/socket.io.min.js` that browser client (see [`client_js_path`]);
 //! - `GET /machine` this Machine's ID as text, for clients without a cookie
 //!   jar: they pass it back as `?fly_instance_id=<id>` (the query source);
-//! - `GET /health` `ok`, never sticky.
+//! - `GET /health` `ok`, never sticky;
+//! - `GET /metrics` the sticky engine's decision counters in Prometheus
+//!   text, never sticky (absent with `STICKY=off`).
 //!
 //! socket.io events on the default namespace `/`:
 //! - `whoami` acks this Machine's ID;
@@ -36,7 +38,7 @@ use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
 use sticky_axum::{
     StickyLayer,
-    sticky_core::{Env, Sticky},
+    sticky_core::{Env, MetricsSnapshot, Sticky},
 };
 
 /// Environment variable that names the browser client file served at
@@ -48,13 +50,13 @@ pub const CLIENT_JS_VAR: &str = "SOCKETIO_CLIENT_JS";
 pub const STICKY_VAR: &str = "STICKY";
 
 /// The engine from the environment (`FLY_MACHINE_ID` etc.): defaults with
-/// `/health` excluded; `None` when `STICKY=off`.
+/// `/health` and `/metrics` excluded; `None` when `STICKY=off`.
 pub fn sticky_from_env() -> Result<Option<Sticky>, sticky_axum::sticky_core::ConfigError> {
     if std::env::var(STICKY_VAR).is_ok_and(|v| v == "off") {
         return Ok(None);
     }
     let sticky = Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .build(Env::from_process())?;
     Ok(Some(sticky))
 }
@@ -146,7 +148,17 @@ pub fn app(sticky: Option<Sticky>, machine: Arc<str>) -> Router {
     let Some(sticky) = sticky else {
         return app.layer(sio_layer);
     };
-    app.layer(sio_layer).layer(StickyLayer::new(sticky))
+    // A clone shares the layer's counters.
+    let engine = sticky.clone();
+    let metrics = move || async move {
+        (
+            [(header::CONTENT_TYPE, MetricsSnapshot::CONTENT_TYPE)],
+            engine.metrics().to_string(),
+        )
+    };
+    app.route("/metrics", get(metrics))
+        .layer(sio_layer)
+        .layer(StickyLayer::new(sticky))
 }
 
 async fn page(machine: Arc<str>) -> Html<String> {

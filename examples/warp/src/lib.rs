@@ -5,8 +5,10 @@
 //! `h2_backend = true` too; WebSocket upgrades stay HTTP/1.1.
 //!
 //! - `GET /` answers `machine=<id> handled=<n>`, where `n` counts handler
-//!   runs on this Machine (every route but `/health`);
+//!   runs on this Machine (every route but `/health` and `/metrics`);
 //! - `GET /health` answers `ok` and is never sticky;
+//! - `GET /metrics` answers the engine's decision counters in Prometheus
+//!   text, and is never sticky (excluded like `/health`, not counted);
 //! - `POST /upload` reads the whole body and answers `machine=<id> bytes=<len>`;
 //! - `GET /ws` echoes each text message as `<id>:<message>`;
 //! - `GET /api/tenant` answers `machine=<id> tenant=<value>`, pinned by key
@@ -24,7 +26,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, Stream, StreamExt};
 use sticky_warp::StickyWrap;
-use sticky_warp::sticky_core::{ConfigError, Env, KeySource, ReplayCache, Source, Sticky};
+use sticky_warp::sticky_core::{
+    ConfigError, Env, KeySource, MetricsSnapshot, ReplayCache, Source, Sticky,
+};
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 use warp::ws::{Message, WebSocket, Ws};
@@ -52,14 +56,14 @@ const APP_PAGE: &str = include_str!("../../app.html");
 /// The header that pins `/api/tenant` by key affinity.
 pub const TENANT_HEADER: &str = "x-tenant-id";
 
-/// The engine with the contract's settings: defaults, `/health` excluded,
+/// The engine with the contract's settings: defaults, `/health` and `/metrics` excluded,
 /// tenants (`x-tenant-id`) and rooms (`/rooms/<room>`) pinned by key
 /// affinity before the cookie, replays kept cacheable for the `replay_cache`
 /// rule of `examples/fly.toml`, and a room's replays naming its path for
 /// Fly's cache (`fly-replay-cache: /rooms/<room>/*`, 60 s).
 pub fn sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.into()))
         .key_source(KeySource::PathSegment("/rooms/".into()))
@@ -93,6 +97,16 @@ pub fn app(
     let health = warp::get()
         .and(warp::path!("health"))
         .map(|| "ok".into_response());
+    // A clone shares the filter's counters.
+    let engine = sticky.clone();
+    let metrics = warp::get().and(warp::path!("metrics")).map(move || {
+        warp::reply::with_header(
+            engine.metrics().to_string(),
+            "content-type",
+            MetricsSnapshot::CONTENT_TYPE,
+        )
+        .into_response()
+    });
     let upload = warp::post()
         .and(warp::path!("upload"))
         .and(with_app.clone())
@@ -135,6 +149,8 @@ pub fn app(
 
     let routes = index
         .or(health)
+        .unify()
+        .or(metrics)
         .unify()
         .or(upload)
         .unify()

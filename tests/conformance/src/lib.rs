@@ -86,16 +86,58 @@ pub const ROOMS_PREFIX: &str = "/rooms/";
 /// How long Fly's cache keeps a room's path entry (`fly-replay-cache-ttl-secs`).
 pub const ROOM_CACHE_TTL: Duration = Duration::from_secs(60);
 
-/// The engine every example builds: the defaults with `/health` excluded,
-/// plus key affinity on the `x-tenant-id` header and on the room segment
-/// of `/rooms/<room>`, consulted first (the live set comes from
+/// The paths every example serves without stickiness: the health check and
+/// the Prometheus scrape (Fly's checks and its metrics scraper reach each
+/// Machine directly; a replay would answer for another Machine).
+pub const NEVER_STICKY: [&str; 2] = ["/health", "/metrics"];
+
+/// Checks that `sticky` (an example's own engine, as its binary builds it)
+/// leaves every path of [`NEVER_STICKY`] alone, even for a request pinned to
+/// another Machine: `Err` names the first one it would not.
+pub fn check_never_sticky(sticky: &Sticky) -> Result<(), String> {
+    /// `GET <path>` with a pin to another Machine: only an exclusion keeps it here.
+    struct PinnedElsewhere(&'static str);
+    impl sticky_core::RequestView for PinnedElsewhere {
+        fn method(&self) -> &str {
+            "GET"
+        }
+        fn path(&self) -> &str {
+            self.0
+        }
+        fn query(&self) -> Option<&str> {
+            None
+        }
+        fn header_values<'a>(
+            &'a self,
+            name: &str,
+            each: &mut dyn FnMut(&'a [u8]) -> std::ops::ControlFlow<()>,
+        ) {
+            if name == "cookie" {
+                let _ = each(b"fly-machine-id=90801679a10038");
+            }
+        }
+    }
+    for path in NEVER_STICKY {
+        let reason = sticky.decide(&PinnedElsewhere(path)).reason();
+        if reason != sticky_core::Reason::PathExcluded {
+            return Err(format!(
+                "GET {path} pinned elsewhere: {reason}, not excluded"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The engine every example builds: the defaults with `/health` and
+/// `/metrics` excluded, plus key affinity on the `x-tenant-id` header and
+/// on the room segment of `/rooms/<room>`, consulted first (the live set comes from
 /// `STICKY_PEERS` or Fly's DNS, see `sticky-peers`); replays stay cacheable
 /// for the `replay_cache` rule of `examples/fly.toml`, and a room's replays
 /// name its path for Fly's cache ([`ReplayCache::Path`]; harmless where no
 /// cache is configured).
 pub fn contract_sticky(env: Env) -> Result<Sticky, ConfigError> {
     Sticky::builder()
-        .exclude(["/health"])
+        .exclude(NEVER_STICKY)
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header(TENANT_HEADER.to_owned()))
         .key_source(KeySource::PathSegment(ROOMS_PREFIX.to_owned()))

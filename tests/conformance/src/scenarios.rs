@@ -81,6 +81,7 @@ macro_rules! scenario {
 
 mod cache;
 pub(crate) mod h2;
+mod metrics;
 
 /// A running cluster with drain switches per Machine.
 pub(crate) struct Cluster {
@@ -329,6 +330,7 @@ fn ws_request(path: &str) -> Request {
 
 pub(crate) fn all() -> Vec<Scenario> {
     let mut all = uncached();
+    all.extend(metrics::all());
     all.extend(cache::all());
     all
 }

@@ -1,7 +1,8 @@
 //! `examples/fly.toml` agrees with the code: the replay cache rules name
 //! the pin cookie and the tenant header, the port is the one the examples listen on, the kill
 //! signal is the one they drain on and its timeout outlasts the drain, and
-//! the health check is a path the middleware never makes sticky.
+//! the health check and the metrics scrape are paths the middleware never
+//! makes sticky, on the port the examples listen on.
 
 use std::time::Duration;
 
@@ -63,6 +64,22 @@ fn the_deploy_kit_agrees_with_the_code() {
         let req = http_get(path);
         assert_eq!(sticky.decide(&req).reason(), Reason::PathExcluded, "{path}");
     }
+
+    // Fly scrapes the decision counters where the examples serve them, on
+    // the port they listen on, and the path is never sticky.
+    let metrics = table["metrics"].as_table().expect("[metrics]");
+    assert_eq!(metrics["port"].as_integer(), Some(i64::from(port)));
+    let path = metrics["path"].as_str().expect("[metrics] path");
+    assert!(
+        conformance::NEVER_STICKY.contains(&path),
+        "{path} must be one of the examples' never-sticky paths"
+    );
+    assert_eq!(
+        sticky.decide(&http_get(path)).reason(),
+        Reason::PathExcluded,
+        "{path}"
+    );
+    conformance::check_never_sticky(&sticky).unwrap();
 }
 
 fn http_get(path: &str) -> TestRequest {

@@ -136,7 +136,7 @@ pub(crate) fn run(binaries: &[(String, PathBuf)], logs: &Path) -> Result<Counts,
     let valgrind = ensure_valgrind()?;
     let dir = logs.join("callgrind");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let paths = decide_paths(&dir)?;
+    let paths = decide_paths(&dir, None)?;
     let mut apps = Vec::new();
     for (fw, binary) in binaries {
         eprintln!("\n==> instructions: {fw} ON vs OFF under callgrind");
@@ -161,8 +161,8 @@ pub(crate) fn run(binaries: &[(String, PathBuf)], logs: &Path) -> Result<Counts,
 }
 
 /// Builds `sticky-core/benches/instructions.rs` (bench profile) and counts
-/// every path it lists.
-fn decide_paths(dir: &Path) -> Result<Vec<PathCount>, String> {
+/// every path it lists (or only those of `only`).
+pub(crate) fn decide_paths(dir: &Path, only: Option<&[&str]>) -> Result<Vec<PathCount>, String> {
     eprintln!("\n==> cargo bench -p sticky-core --bench instructions --no-run");
     let out = cargo()
         .args([
@@ -196,6 +196,9 @@ fn decide_paths(dir: &Path) -> Result<Vec<PathCount>, String> {
         let Some((path, what)) = line.split_once('\t') else {
             continue;
         };
+        if only.is_some_and(|only| !only.contains(&path)) {
+            continue;
+        }
         let total = |calls: u64| -> Result<u64, String> {
             let file = dir.join(format!("decide-{}-{calls}.out", path.replace('/', "_")));
             let mut cmd = Command::new("valgrind");
