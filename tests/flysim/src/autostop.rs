@@ -100,30 +100,38 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(period(idle)) => {}
         }
-        for id in choose(&shared.fleet.activity(), idle, min) {
-            // A request may have arrived since: look again, one at a time.
-            let still_idle = choose(&shared.fleet.activity(), idle, min).contains(&id);
-            if !still_idle {
-                continue;
-            }
-            let result = match mode {
-                AutoStop::Off => return,
-                AutoStop::Stop => {
-                    shared.events.record(
-                        EventKind::Autostop,
-                        None,
-                        None,
-                        Some(&id),
-                        format!("Machine {id} has been idle for {idle:?}: autostop stops it"),
-                    );
-                    shared.fleet.stop_machine(&id).await
-                }
-                AutoStop::Suspend => shared.fleet.suspend_machine(&id).await,
-            };
-            if let Err(e) = result {
-                tracing::info!("autostop of Machine {id}: {e}");
-            }
+        let chosen = choose(&shared.fleet.activity(), idle, min);
+        if chosen.is_empty() {
+            continue;
         }
+        // All at once (a stop waits for the process to exit, up to the kill
+        // timeout), each looked at again first: a request may have come.
+        let downs = chosen.into_iter().map(|id| {
+            let shared = &shared;
+            async move {
+                if !choose(&shared.fleet.activity(), idle, min).contains(&id) {
+                    return;
+                }
+                let result = match mode {
+                    AutoStop::Off => return,
+                    AutoStop::Stop => {
+                        shared.events.record(
+                            EventKind::Autostop,
+                            None,
+                            None,
+                            Some(&id),
+                            format!("Machine {id} has been idle for {idle:?}: autostop stops it"),
+                        );
+                        shared.fleet.stop_machine(&id).await
+                    }
+                    AutoStop::Suspend => shared.fleet.suspend_machine(&id).await,
+                };
+                if let Err(e) = result {
+                    tracing::info!("autostop of Machine {id}: {e}");
+                }
+            }
+        });
+        futures_util::future::join_all(downs).await;
     }
 }
 

@@ -157,9 +157,21 @@ async fn a_blue_green_deploy_replaces_every_machine_with_new_ids() {
 #[tokio::test]
 async fn a_canary_deploy_boots_one_new_machine_then_rolls_over_the_others() {
     let (app, _) = app_with_health();
-    let sim = start(config(), &app).await;
+    let sim = start(config().cold_start(Duration::from_millis(50)), &app).await;
     let old = sim.machine_ids();
+    // Traffic all along: none of it may reach the canary.
+    let done = Arc::new(AtomicBool::new(false));
+    let traffic = {
+        let (done, url) = (done.clone(), sim.url());
+        tokio::spawn(async move {
+            while !done.load(Ordering::SeqCst) {
+                assert_eq!(get(&url).await.status, 200);
+            }
+        })
+    };
     let status = sim.deploy(Strategy::Canary).await.unwrap();
+    done.store(true, Ordering::SeqCst);
+    traffic.await.unwrap();
     assert_eq!(status.state, DeployState::Succeeded, "{status:?}");
     let all = sim.machines();
     assert_eq!(all.len(), 4);
@@ -171,6 +183,14 @@ async fn a_canary_deploy_boots_one_new_machine_then_rolls_over_the_others() {
             .iter()
             .any(|s| s.machine == canary.id && s.path == "/health")
     );
+    // Out of the rotation throughout: it served nothing but its checks.
+    let served: Vec<String> = app
+        .seen()
+        .into_iter()
+        .filter(|s| s.machine == canary.id && s.path != "/health")
+        .map(|s| s.path)
+        .collect();
+    assert!(served.is_empty(), "{served:?}");
     let events = sim.events();
     let canary_gone = position(&events, &[&format!("Machine {} destroyed", canary.id)]);
     let first_batch = position(&events, &["batch 1 of 3"]);
