@@ -474,6 +474,10 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
     for list in visitors.values_mut() {
         list.sort_by_key(|r| r.start);
     }
+    // A Machine can be out for two reasons at once (a network fault and the
+    // failing health check it causes): each stranded client counts once.
+    let mut counted: std::collections::BTreeSet<(u64, &str, Duration)> =
+        std::collections::BTreeSet::new();
     for fault in faults {
         match fault.kind {
             FaultKind::Destroy => {
@@ -504,8 +508,14 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
             }
             FaultKind::Out | FaultKind::Reset | FaultKind::Blackhole => {
                 for list in visitors.values() {
-                    let first = list.iter().position(|r| r.start >= fault.effective);
-                    if first.is_none_or(|i| list[i].start >= fault.settled) {
+                    let Some(first) = list.iter().position(|r| r.start >= fault.effective) else {
+                        continue;
+                    };
+                    let r0 = list[first];
+                    if r0.start >= fault.settled
+                        || r0.pin_before.as_deref() != Some(fault.machine.as_str())
+                        || !counted.insert((r0.visitor, fault.machine.as_str(), r0.start))
+                    {
                         continue;
                     }
                     let home = |r: &Record| {
@@ -938,7 +948,13 @@ mod tests {
             // Its first request after the window: not stranded.
             ok(5, 250, Some(A), A, None),
         ];
-        let f = compute_for(&records, &[fault(FaultKind::Out, A, 100, 100, 200)], true);
+        // The same outage seen twice (a fault, and the failing health check
+        // it causes) counts each client once.
+        let faults = [
+            fault(FaultKind::Out, A, 100, 100, 200),
+            fault(FaultKind::Reset, A, 100, 100, 200),
+        ];
+        let f = compute_for(&records, &faults, true);
         let homes: Vec<Option<usize>> = f.stranded.iter().map(|m| m.requests).collect();
         assert_eq!(homes, [Some(1), Some(1), Some(1), None]);
         assert_eq!((f.ws_moved, f.ws_moved_ok), (1, 1));
