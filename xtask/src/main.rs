@@ -24,7 +24,7 @@ tasks:
   bench [--quick] [--instructions] [--counting] middleware on/off A/B per example under load, replay hop cost,
                 instruction counts under callgrind (--instructions: those alone), the decision
                 counters' cost (--counting: that alone); writes BENCHMARKS.md
-  soak [--quick] 3 Machines of each example under faults (destroy, stop/start, drain); writes RELIABILITY.md
+  soak [--quick] [--scenario LIST] each example under faults, deploys, autostop, scaling, network faults; writes RELIABILITY.md
   socketio      socket.io end to end with the official Node and Python clients (npm ci, venv)
   browser [--debug] [--docs] every example (release; --debug: dev binaries) in headless Chromium behind flysim
                 (apt chromium, npm ci); --docs updates the docs/ screenshots";

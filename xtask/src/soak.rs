@@ -1,15 +1,19 @@
-//! `cargo xtask soak [--quick] [--clients N] [--requests N] [--think-ms N]
-//! [--drain-seconds N] [--seed N] [--write] [FRAMEWORK..]`: every example as 3 Machines (release
-//! binaries, real processes) behind flysim, under a mixed load of concurrent
-//! browser-like clients, while one Machine is destroyed, one is stopped then
-//! started, and one is drained.
+//! `cargo xtask soak [--quick] [--scenario LIST] [--clients N] [--requests N]
+//! [--think-ms N] [--drain-seconds N] [--seed N] [--write] [FRAMEWORK..]`:
+//! every example as Machines (release binaries, real processes) behind
+//! flysim, under a mixed load of concurrent browser-like clients, in each
+//! [`scenario`]: one Machine destroyed, one stopped then started, one
+//! drained (`classic`); a rolling deploy; a blue-green deploy; autostop
+//! cycles with cold starts; scaling 3 -> 6 -> 2; network faults.
 //!
-//! Per framework, in turn: flysim with 3 Machines of the example; `clients`
-//! tokio tasks, each a visitor with its own cookie jar, send `requests`
-//! requests in all (page loads, small uploads, uploads over 1 MB, chunked
-//! uploads, WebSocket sessions; see [`traffic`]); at fixed shares of the
-//! budget the faults of [`faults`] run. Every answer is checked (the Machine
-//! that served it, the byte count of an upload, every WebSocket echo) and the
+//! Per framework and scenario, in turn, without and with the replay cache:
+//! flysim with 3 Machines of the example; `clients` tokio tasks, each a
+//! visitor with its own cookie jar, send requests (page loads, small
+//! uploads, uploads over 1 MB, chunked uploads, WebSocket sessions; see
+//! [`traffic`]): `requests` in all for `classic`, whose faults of
+//! [`faults`] run at fixed shares of that budget; for the others until the
+//! scenario's actions are over. Every answer is checked (the Machine that
+//! served it, the byte count of an upload, every WebSocket echo) and the
 //! figures of [`metrics`] are printed. A full run with the defaults writes
 //! `RELIABILITY.md`; the task fails if a target is missed.
 
@@ -27,9 +31,11 @@ use crate::{FRAMEWORKS, build_examples, root};
 mod faults;
 mod metrics;
 mod report;
+mod scenario;
 mod traffic;
 
 use metrics::{Fault, Figures};
+use scenario::{Phase, Scenario};
 
 /// The sizes of a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,19 +51,24 @@ pub(crate) struct Options {
     pub(crate) frameworks: Vec<String>,
     /// Runs without (`false`) and with (`true`) the replay cache, in this order.
     pub(crate) caches: Vec<bool>,
+    /// The scenarios, in this order.
+    pub(crate) scenarios: Vec<Scenario>,
     /// Write RELIABILITY.md even when this is not a full default run.
     pub(crate) write: bool,
 }
 
-const FULL: (usize, usize) = (200, 20_000);
-const QUICK: (usize, usize) = (60, 6_000);
+/// Clients, and the request budget of `classic` (the other scenarios run
+/// until their actions are over, at most [`CAP`] requests).
+const FULL: (usize, usize) = (100, 8_000);
+const QUICK: (usize, usize) = (40, 3_000);
+const CAP: usize = 1_000_000;
 const THINK_MS: u64 = 150;
 const DRAIN_SECONDS: u64 = 2;
 const SEED: u64 = 0x5eed_50a4;
 
-const USAGE: &str = "usage: cargo xtask soak [--quick] [--clients N] [--requests N] \
-                     [--think-ms N] [--drain-seconds N] [--seed N] [--cache off|on|both] \
-                     [--write] [FRAMEWORK..]";
+const USAGE: &str = "usage: cargo xtask soak [--quick] [--scenario all|classic,rolling,bluegreen,autostop,scale,network] \
+                     [--clients N] [--requests N] [--think-ms N] [--drain-seconds N] [--seed N] \
+                     [--cache off|on|both] [--write] [FRAMEWORK..]";
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
@@ -69,6 +80,7 @@ impl Options {
         let mut drain_seconds = DRAIN_SECONDS;
         let mut seed = SEED;
         let mut caches = vec![false, true];
+        let mut scenarios = Scenario::ALL.to_vec();
         let mut frameworks = Vec::new();
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -85,6 +97,12 @@ impl Options {
                 "--think-ms" => think_ms = number("--think-ms")?,
                 "--drain-seconds" => drain_seconds = number("--drain-seconds")?,
                 "--seed" => seed = number("--seed")?,
+                "--scenario" => {
+                    let list = it
+                        .next()
+                        .ok_or_else(|| format!("--scenario needs a list\n{USAGE}"))?;
+                    scenarios = Scenario::parse_list(list).map_err(|e| format!("{e}\n{USAGE}"))?;
+                }
                 "--cache" => {
                     caches = match it.next().map(String::as_str) {
                         Some("off") => vec![false],
@@ -117,6 +135,7 @@ impl Options {
             seed,
             frameworks,
             caches,
+            scenarios,
             write,
         })
     }
@@ -129,6 +148,7 @@ impl Options {
             && self.drain_seconds == DRAIN_SECONDS
             && self.caches.len() == 2
             && self.frameworks.len() == FRAMEWORKS.len()
+            && self.scenarios.len() == Scenario::ALL.len()
     }
 
     /// The command line that reproduces this run.
@@ -153,6 +173,10 @@ impl Options {
         if self.seed != SEED {
             let _ = write!(cmd, " --seed {}", self.seed);
         }
+        if self.scenarios.len() != Scenario::ALL.len() {
+            let names: Vec<&str> = self.scenarios.iter().map(|s| s.name()).collect();
+            let _ = write!(cmd, " --scenario {}", names.join(","));
+        }
         if let [only] = self.caches[..] {
             cmd.push_str(if only { " --cache on" } else { " --cache off" });
         }
@@ -167,6 +191,8 @@ impl Options {
 /// One framework's run, without or with the replay cache.
 #[derive(Clone, Debug)]
 pub(crate) struct Run {
+    /// What happened to the cluster.
+    pub(crate) scenario: Scenario,
     /// The framework, with ` +cache` for the run with the replay cache.
     pub(crate) framework: String,
     /// The framework alone.
@@ -189,6 +215,8 @@ pub(crate) struct Run {
     pub(crate) proxy_errors: Vec<String>,
     /// Why the fault schedule could not complete, if it could not.
     pub(crate) schedule_error: Option<String>,
+    /// Each phase, with the p99 latency of the requests sent in it.
+    pub(crate) phases: Vec<(Phase, Option<Duration>)>,
 }
 
 impl Run {
@@ -214,17 +242,19 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("tokio: {e}"))?;
     let mut runs = Vec::new();
     for (framework, binary) in &binaries {
-        for &cache in &opts.caches {
-            eprintln!(
-                "\n==> soak: {framework}: 3 Machines behind flysim{}, {} clients, {} requests, {} ms mean pause",
-                if cache { " with the replay cache" } else { "" },
-                opts.clients,
-                opts.requests,
-                opts.think_ms
-            );
-            let run = runtime.block_on(soak(framework, binary, &opts, cache))?;
-            eprintln!("{}", report::summary_line(&run));
-            runs.push(run);
+        for &scenario in &opts.scenarios {
+            for &cache in &opts.caches {
+                eprintln!(
+                    "\n==> soak: {framework}, {}: 3 Machines behind flysim{}, {} clients, {} ms mean pause",
+                    scenario.name(),
+                    if cache { " with the replay cache" } else { "" },
+                    opts.clients,
+                    opts.think_ms
+                );
+                let run = runtime.block_on(soak(framework, binary, &opts, cache, scenario))?;
+                eprintln!("{}", report::summary_line(&run));
+                runs.push(run);
+            }
         }
     }
     let took = began.elapsed();
@@ -264,8 +294,15 @@ pub(crate) fn pin_cookie_rule() -> Result<ReplayCacheRule, String> {
         .map_err(|e| format!("replay cache rule: {e}"))
 }
 
-/// One framework: the cluster, the clients, the faults, the figures.
-async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Result<Run, String> {
+/// One framework in one scenario: the cluster, the clients, the faults,
+/// the figures.
+async fn soak(
+    framework: &str,
+    binary: &Path,
+    opts: &Options,
+    cache: bool,
+    scenario: Scenario,
+) -> Result<Run, String> {
     let launch = Launch::command(binary.to_string_lossy().into_owned(), Vec::<String>::new())
         .env("DRAIN_SECONDS", opts.drain_seconds.to_string());
     let config = Config::default()
@@ -284,26 +321,43 @@ async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Re
     } else {
         config
     };
+    let config = scenario.config(config);
     let sim = FlySim::start(config, launch)
         .await
         .map_err(|e| format!("{framework}: flysim did not start: {e}"))?;
+    let budget = if scenario == Scenario::Classic {
+        opts.requests
+    } else {
+        CAP
+    };
     let traffic = Arc::new(traffic::Traffic::new(
         sim.front_addr(),
         sim.machine_ids(),
-        opts.requests,
+        budget,
         opts.seed,
         Duration::from_millis(opts.think_ms),
     ));
     let clients: Vec<_> = (0..opts.clients)
         .map(|i| tokio::spawn(traffic::client(traffic.clone(), i as u64)))
         .collect();
-    let faults = faults::run(
-        &sim,
-        &traffic,
-        faults::SCHEDULE,
-        Duration::from_secs(opts.drain_seconds),
-    )
-    .await;
+    let (faults, phases) = if scenario == Scenario::Classic {
+        let faults = faults::run(
+            &sim,
+            &traffic,
+            faults::SCHEDULE,
+            Duration::from_secs(opts.drain_seconds),
+        )
+        .await;
+        (faults, None)
+    } else {
+        match scenario::run(scenario, &sim, &traffic).await {
+            Ok(t) => (Ok(t.faults), Some(t.phases)),
+            Err(e) => {
+                traffic.stop();
+                (Err(e), None)
+            }
+        }
+    };
     for client in clients {
         client
             .await
@@ -322,6 +376,7 @@ async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Re
     let traffic_time = records.iter().map(|r| r.end).max().unwrap_or_default();
     let last_sent = records.iter().map(|r| r.start).max().unwrap_or_default();
     let (faults, schedule_error) = match faults {
+        Ok(faults) if scenario != Scenario::Classic => (faults, None),
         Ok(faults) => {
             let over = faults.iter().map(|f| f.settled).max().unwrap_or_default();
             let error = (over >= last_sent).then(|| {
@@ -336,8 +391,18 @@ async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Re
         }
         Err(e) => (Vec::new(), Some(e)),
     };
-    let figures = metrics::compute(&records, &faults);
+    let figures = metrics::compute_for(&records, &faults, scenario.strands());
+    let phases = phases.unwrap_or_else(|| classic_phases(&faults, traffic_time));
+    let phases = phases
+        .into_iter()
+        .map(|p| {
+            let p99 = metrics::p99(&records, p.start, p.end);
+            (p, p99)
+        })
+        .collect();
     Ok(Run {
+        scenario,
+        phases,
         framework: if cache {
             format!("{framework} +cache")
         } else {
@@ -355,6 +420,29 @@ async fn soak(framework: &str, binary: &Path, opts: &Options, cache: bool) -> Re
         proxy_errors,
         schedule_error,
     })
+}
+
+/// The phases of `classic`: before its first fault, each fault's window,
+/// and after the last.
+fn classic_phases(faults: &[Fault], end: Duration) -> Vec<Phase> {
+    let mut phases = Vec::new();
+    let mut from = Duration::ZERO;
+    for f in faults {
+        phases.push(scenario::phase(
+            if phases.is_empty() {
+                "before"
+            } else {
+                "between"
+            },
+            from,
+            f.start,
+        ));
+        phases.push(scenario::phase(f.kind.name(), f.start, f.settled));
+        from = f.settled;
+    }
+    phases.retain(|p| p.name != "between");
+    phases.push(scenario::phase("after", from, end.max(from)));
+    phases
 }
 
 #[cfg(test)]
@@ -382,6 +470,15 @@ mod tests {
         assert!(Options::parse(&args(&["--clients"])).is_err());
         assert!(Options::parse(&args(&["--clients", "5", "--requests", "4"])).is_err());
         assert!(Options::parse(&args(&["flask"])).is_err());
+        let some = Options::parse(&args(&["--scenario", "rolling,network"])).unwrap();
+        assert_eq!(some.scenarios, [Scenario::Rolling, Scenario::Network]);
+        assert!(!some.is_full());
+        assert_eq!(
+            some.command(),
+            "cargo xtask soak --scenario rolling,network"
+        );
+        assert!(Options::parse(&args(&["--scenario", "sideways"])).is_err());
+        assert!(Options::parse(&args(&["--scenario"])).is_err());
         let on = Options::parse(&args(&["--cache", "on"])).unwrap();
         assert_eq!(on.caches, [true]);
         assert!(!on.is_full());

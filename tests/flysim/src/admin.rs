@@ -16,8 +16,9 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::body::{self, ProxyBody};
+use crate::faults::{FaultKind, parse_ms};
 use crate::sim::Shared;
-use crate::{MachineInfo, MachineState, Signal};
+use crate::{MachineInfo, MachineState, Signal, Strategy};
 
 /// The dashboard served at `GET /`: plain HTML, CSS and JavaScript that
 /// polls the JSON endpoints of this module.
@@ -69,12 +70,55 @@ fn error(status: StatusCode, message: String) -> Response<ProxyBody> {
 }
 
 fn io_error(e: &io::Error) -> Response<ProxyBody> {
-    let status = if e.kind() == io::ErrorKind::NotFound {
-        StatusCode::NOT_FOUND
-    } else {
-        StatusCode::CONFLICT
+    let status = match e.kind() {
+        io::ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        io::ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+        _ => StatusCode::CONFLICT,
     };
     error(status, e.to_string())
+}
+
+/// The value of `name` in a query string, if given.
+fn param<'q>(query: Option<&'q str>, name: &str) -> Option<&'q str> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// `POST /machines/<id>/fault?kind=..&ms=..&for_ms=..`.
+fn fault(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Response<ProxyBody> {
+    let Some(kind) = param(query, "kind") else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "a fault needs kind=reset, kind=delay (with ms=) or kind=blackhole".to_owned(),
+        );
+    };
+    let kind = match FaultKind::parse(kind, param(query, "ms")) {
+        Ok(kind) => kind,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let lasting = match param(query, "for_ms").map(|v| parse_ms("for_ms", v)) {
+        Some(Ok(d)) => d,
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+        None => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "a fault needs for_ms=<how long it lasts, in milliseconds>".to_owned(),
+            );
+        }
+    };
+    match shared.set_fault(id, kind, lasting) {
+        Ok(()) => machine_json(shared, id),
+        Err(e) => io_error(&e),
+    }
+}
+
+fn machine_json(shared: &Shared, id: &str) -> Response<ProxyBody> {
+    match shared.fleet.machines().into_iter().find(|m| m.id == id) {
+        Some(m) => json_response(StatusCode::OK, &json!(m)),
+        None => error(StatusCode::NOT_FOUND, format!("no Machine {id:?}")),
+    }
 }
 
 /// Why `action` cannot be done to `m` now, if it cannot (the admin API
@@ -86,6 +130,12 @@ fn refusal(m: &MachineInfo, action: &str) -> Option<String> {
             Some(format!("Machine {id} is not running (it is stopped)"))
         }
         ("start", MachineState::Started) => Some(format!("Machine {id} is already started")),
+        ("suspend", MachineState::Stopped | MachineState::Suspended) => {
+            Some(format!("Machine {id} is not started (it is {})", m.state))
+        }
+        ("drain", MachineState::Suspended) => {
+            Some(format!("Machine {id} is not running (it is suspended)"))
+        }
         ("drain", MachineState::Started) if m.draining => {
             Some(format!("Machine {id} is already draining"))
         }
@@ -109,7 +159,11 @@ fn last_n(query: Option<&str>) -> Result<Option<usize>, String> {
         .map_err(|_| format!("last={value:?} is not a number"))
 }
 
-async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    shared: &Arc<Shared>,
+    front: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
     let method = req.method().clone();
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segments: Vec<&str> = path.split('/').skip(1).collect();
@@ -133,14 +187,50 @@ async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> R
             Ok(id) => json_response(StatusCode::OK, &json!({ "id": id })),
             Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         },
-        (&Method::GET, ["machines", id]) => {
-            match shared.fleet.machines().into_iter().find(|m| m.id == *id) {
-                Some(m) => json_response(StatusCode::OK, &json!(m)),
-                None => error(StatusCode::NOT_FOUND, format!("no Machine {id:?}")),
+        (&Method::GET, ["machines", id]) => machine_json(shared, id),
+        (&Method::POST, ["machines", id, "fault"]) => fault(shared, id, req.uri().query()),
+        (&Method::DELETE, ["machines", id, "fault"]) => match shared.clear_fault(id) {
+            Ok(cleared) => json_response(StatusCode::OK, &json!({ "cleared": cleared })),
+            Err(e) => io_error(&e),
+        },
+        (&Method::GET, ["deploy"]) => match shared.operations.status() {
+            Some(status) => json_response(StatusCode::OK, &json!(status)),
+            None => json_response(StatusCode::OK, &json!({ "state": "none" })),
+        },
+        (&Method::POST, ["deploy"]) => {
+            // Fly's default strategy is rolling.
+            let strategy = match param(req.uri().query(), "strategy")
+                .unwrap_or("rolling")
+                .parse::<Strategy>()
+            {
+                Ok(s) => s,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            match shared.begin_deploy(strategy) {
+                Ok(number) => json_response(
+                    StatusCode::ACCEPTED,
+                    &json!({ "number": number, "strategy": strategy.as_str(), "state": "running" }),
+                ),
+                Err(e) => io_error(&e),
+            }
+        }
+        (&Method::POST, ["scale"]) => {
+            let count = match param(req.uri().query(), "count").map(str::parse::<usize>) {
+                Some(Ok(n)) => n,
+                Some(Err(_)) | None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("scale needs count=<Machines, 1 to {}>", crate::MAX_MACHINES),
+                    );
+                }
+            };
+            match shared.scale(count).await {
+                Ok(outcome) => json_response(StatusCode::OK, &json!(outcome)),
+                Err(e) => io_error(&e),
             }
         }
         (&Method::POST, ["machines", id, action]) => {
-            if ["stop", "start", "destroy", "drain"].contains(action) {
+            if ["stop", "start", "destroy", "drain", "suspend"].contains(action) {
                 let Some(m) = shared.fleet.machines().into_iter().find(|m| m.id == *id) else {
                     return error(StatusCode::NOT_FOUND, format!("no Machine {id:?}"));
                 };
@@ -153,6 +243,7 @@ async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> R
                 "start" => shared.fleet.start_machine(id).await,
                 "destroy" => shared.fleet.destroy_machine(id).await,
                 "drain" => shared.fleet.signal_machine(id, Signal::Term).await,
+                "suspend" => shared.fleet.suspend_machine(id).await,
                 "signal" => {
                     let requested = req
                         .uri()
@@ -170,7 +261,7 @@ async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> R
                     return error(
                         StatusCode::NOT_FOUND,
                         format!(
-                            "unknown action {action:?} (stop, start, destroy, drain or signal)"
+                            "unknown action {action:?} (stop, start, destroy, drain, suspend, signal or fault)"
                         ),
                     );
                 }
@@ -218,12 +309,34 @@ async fn handle(shared: &Shared, front: SocketAddr, req: Request<Incoming>) -> R
                     "h2_backend": c.h2_backend,
                     "kill_signal": c.kill_signal.map(|s| s.as_str()),
                     "kill_timeout_ms": c.kill_timeout.as_millis() as u64,
+                    "auto_stop_machines": c.auto_stop.as_str(),
+                    "auto_start_machines": c.auto_start,
+                    "min_machines_running": c.min_machines_running,
+                    "idle_stop_ms": c.idle_stop.as_millis() as u64,
+                    "cold_start_ms": c.cold_start.as_millis() as u64,
+                    "resume_ms": c.resume_delay().as_millis() as u64,
+                    "response_timeout_ms": c.response_timeout.as_millis() as u64,
+                    "health_check": c.health_check.as_ref().map(|h| json!({
+                        "path": h.path,
+                        "interval_ms": h.interval.as_millis() as u64,
+                        "timeout_ms": h.timeout.as_millis() as u64,
+                        "grace_period_ms": h.grace_period.as_millis() as u64,
+                    })),
                     "replay_cache": c.replay_cache.iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "front": front.to_string(),
                 }),
             )
         }
-        (_, ["machines", ..] | ["events"] | ["report"] | ["replay-cache"] | ["config"]) => error(
+        (
+            _,
+            ["machines", ..]
+            | ["events"]
+            | ["report"]
+            | ["replay-cache"]
+            | ["config"]
+            | ["deploy"]
+            | ["scale"],
+        ) => error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("{method} is not allowed on {path}"),
         ),

@@ -28,6 +28,8 @@ pub(crate) struct Candidate {
     pub(crate) state: MachineState,
     /// Where it listens, when started.
     pub(crate) addr: Option<SocketAddr>,
+    /// Neither being updated by a deploy nor failing its health check.
+    pub(crate) routable: bool,
 }
 
 /// The balancer's choice.
@@ -35,7 +37,8 @@ pub(crate) struct Candidate {
 pub(crate) enum Pick {
     /// This started Machine, listening there.
     Started(String, SocketAddr),
-    /// Nothing is started: this stopped Machine should be autostarted.
+    /// Nothing is started: this stopped (or suspended) Machine should be
+    /// autostarted.
     Start(String),
     /// No Machine can take the request.
     None,
@@ -56,12 +59,14 @@ impl Balancer {
         }
     }
 
-    /// A started Machine not in `exclude`; failing that, the first stopped one
-    /// not in `exclude` (as Fly autostarts a Machine when none runs).
+    /// A routable started Machine not in `exclude`; failing that, the first
+    /// suspended one, else the first stopped one, not in `exclude` nor being
+    /// updated (as Fly autostarts a Machine when none runs; a suspended one
+    /// resumes faster).
     pub(crate) fn pick(&self, machines: &[Candidate], exclude: &[String]) -> Pick {
         let started: Vec<(&str, SocketAddr)> = machines
             .iter()
-            .filter(|m| m.state == MachineState::Started && !exclude.contains(&m.id))
+            .filter(|m| m.state == MachineState::Started && m.routable && !exclude.contains(&m.id))
             .filter_map(|m| m.addr.map(|a| (m.id.as_str(), a)))
             .collect();
         if !started.is_empty() {
@@ -72,9 +77,13 @@ impl Balancer {
             let (id, addr) = started[i];
             return Pick::Started(id.to_owned(), addr);
         }
-        machines
-            .iter()
-            .find(|m| m.state == MachineState::Stopped && !exclude.contains(&m.id))
+        let startable = |state: MachineState| {
+            machines
+                .iter()
+                .find(|m| m.state == state && m.routable && !exclude.contains(&m.id))
+        };
+        startable(MachineState::Suspended)
+            .or_else(|| startable(MachineState::Stopped))
             .map_or(Pick::None, |m| Pick::Start(m.id.clone()))
     }
 }
@@ -89,6 +98,7 @@ mod tests {
             state,
             addr: (state == MachineState::Started)
                 .then(|| SocketAddr::from(([127, 0, 0, 1], port))),
+            routable: true,
         }
     }
 
@@ -134,5 +144,25 @@ mod tests {
         assert_eq!(started_id(b.pick(&ms, &[])), "c");
         assert_eq!(b.pick(&ms, &["c".to_owned()]), Pick::Start("b".to_owned()));
         assert_eq!(b.pick(&ms, &["b".to_owned(), "c".to_owned()]), Pick::None);
+    }
+
+    #[test]
+    fn unroutable_machines_are_left_out_and_suspended_ones_resume_first() {
+        let b = Balancer::new(Balance::RoundRobin);
+        let mut unhealthy = machine("a", MachineState::Started, 1);
+        unhealthy.routable = false;
+        let ms = [
+            unhealthy,
+            machine("b", MachineState::Started, 2),
+            machine("c", MachineState::Stopped, 3),
+            machine("d", MachineState::Suspended, 4),
+        ];
+        for _ in 0..4 {
+            assert_eq!(started_id(b.pick(&ms, &[])), "b");
+        }
+        assert_eq!(b.pick(&ms, &["b".to_owned()]), Pick::Start("d".to_owned()));
+        let mut updating = machine("e", MachineState::Stopped, 5);
+        updating.routable = false;
+        assert_eq!(b.pick(&[updating], &[]), Pick::None);
     }
 }

@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::autostop::AutoStop;
 use crate::balance::Balance;
 use crate::cache::{ManualClock, ReplayCacheRule};
 use crate::flytoml::FlyToml;
+use crate::health::HealthCheck;
 use crate::machine::{ChildOutput, Signal};
 use crate::{REPLAY_BODY_LIMIT, regions, replay};
 
@@ -37,6 +39,14 @@ pub struct Config {
     pub(crate) cache_clock: Option<ManualClock>,
     pub(crate) internal_port: Option<u16>,
     pub(crate) h2_backend: bool,
+    pub(crate) auto_stop: AutoStop,
+    pub(crate) auto_start: bool,
+    pub(crate) min_machines_running: usize,
+    pub(crate) idle_stop: Duration,
+    pub(crate) resume: Option<Duration>,
+    pub(crate) health_check: Option<HealthCheck>,
+    pub(crate) deploy_check_timeout: Duration,
+    pub(crate) response_timeout: Duration,
 }
 
 impl Default for Config {
@@ -64,9 +74,25 @@ impl Default for Config {
             cache_clock: None,
             internal_port: None,
             h2_backend: false,
+            auto_stop: AutoStop::Off,
+            auto_start: true,
+            min_machines_running: 0,
+            idle_stop: DEFAULT_IDLE_STOP,
+            resume: None,
+            health_check: None,
+            deploy_check_timeout: Duration::from_secs(60),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
         }
     }
 }
+
+/// How long a Machine must be idle before autostop takes it down, unless
+/// set ([`Config::idle_stop`]; a named assumption: Fly does not document it).
+pub const DEFAULT_IDLE_STOP: Duration = Duration::from_secs(10);
+
+/// How long the proxy waits for a Machine's response head, unless set
+/// ([`Config::response_timeout`]; a named assumption).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Config {
     /// Number of Machines created (and started) at start-up. Default 3.
@@ -126,7 +152,10 @@ impl Config {
         self
     }
 
-    /// How long an autostart takes before the Machine is launched. Default 0.
+    /// How long a start takes before the Machine is launched: every start
+    /// flysim makes on its own (autostart, a deploy's, a scale-up's); the
+    /// Machines started at start-up and [`FlySim::start_machine`](crate::FlySim::start_machine)
+    /// start at once. Default 0.
     pub fn cold_start(mut self, d: Duration) -> Self {
         self.cold_start = d;
         self
@@ -232,11 +261,127 @@ impl Config {
         self.h2_backend
     }
 
+    /// The [`Config::auto_stop`] mode.
+    pub fn auto_stop_mode(&self) -> AutoStop {
+        self.auto_stop
+    }
+
+    /// Whether [`Config::auto_start`] is on.
+    pub fn auto_start_on(&self) -> bool {
+        self.auto_start
+    }
+
+    /// [`Config::min_machines_running`].
+    pub fn min_running(&self) -> usize {
+        self.min_machines_running
+    }
+
+    /// [`Config::idle_stop`].
+    pub fn idle_stop_time(&self) -> Duration {
+        self.idle_stop
+    }
+
+    /// [`Config::cold_start`].
+    pub fn cold_start_time(&self) -> Duration {
+        self.cold_start
+    }
+
+    /// The resume delay in effect ([`Config::resume`]).
+    pub fn resume_time(&self) -> Duration {
+        self.resume_delay()
+    }
+
+    /// [`Config::response_timeout`].
+    pub fn response_timeout_time(&self) -> Duration {
+        self.response_timeout
+    }
+
+    /// [`Config::health_check`].
+    pub fn health_check_settings(&self) -> Option<&HealthCheck> {
+        self.health_check.as_ref()
+    }
+
+    /// fly.toml's `auto_stop_machines`: whether idle Machines are stopped
+    /// (or suspended) by the proxy. Default [`AutoStop::Off`].
+    pub fn auto_stop(mut self, mode: AutoStop) -> Self {
+        self.auto_stop = mode;
+        self
+    }
+
+    /// fly.toml's `auto_start_machines`: whether a request routed to a
+    /// stopped or suspended Machine starts it. Without it, such a Machine is
+    /// unavailable (a preferred one is replaced, a strict one fails) and no
+    /// Machine is started when none runs. Default `true`.
+    pub fn auto_start(mut self, on: bool) -> Self {
+        self.auto_start = on;
+        self
+    }
+
+    /// fly.toml's `min_machines_running`: autostop never leaves fewer
+    /// Machines started. Default 0.
+    pub fn min_machines_running(mut self, n: usize) -> Self {
+        self.min_machines_running = n;
+        self
+    }
+
+    /// How long a started Machine must have had no request in flight and no
+    /// open WebSocket before autostop takes it down (Fly does not document
+    /// its own; a named assumption). Default [`DEFAULT_IDLE_STOP`] (10 s).
+    pub fn idle_stop(mut self, d: Duration) -> Self {
+        self.idle_stop = d;
+        self
+    }
+
+    /// How long a suspended Machine takes to resume. Default: a quarter of
+    /// [`Config::cold_start`] (a named assumption: Fly says only "faster").
+    pub fn resume(mut self, d: Duration) -> Self {
+        self.resume = Some(d);
+        self
+    }
+
+    /// The resume delay in effect (see [`Config::resume`]).
+    pub(crate) fn resume_delay(&self) -> Duration {
+        self.resume.unwrap_or(self.cold_start / 4)
+    }
+
+    /// Periodic health checks (fly.toml's `[[http_service.checks]]`): a
+    /// started Machine failing its check is left out of the rotation until
+    /// it passes again. `None` checks nothing periodically (deploys still
+    /// check each new Machine, with [`HealthCheck::default`] when `None`).
+    /// Default `None`.
+    pub fn health_check(mut self, check: Option<HealthCheck>) -> Self {
+        self.health_check = check;
+        self
+    }
+
+    /// The check deploys use: [`Config::health_check`] or the default one.
+    pub(crate) fn deploy_check(&self) -> HealthCheck {
+        self.health_check.clone().unwrap_or_default()
+    }
+
+    /// How long a deploy waits for one new or updated Machine to pass its
+    /// health check before the deploy fails. Default 60 s.
+    pub fn deploy_check_timeout(mut self, d: Duration) -> Self {
+        self.deploy_check_timeout = d;
+        self
+    }
+
+    /// How long the proxy waits for a Machine to answer a request (its
+    /// response head) before it gives up with a 502; a Machine that accepts
+    /// and never answers (a blackhole fault) meets this. Default
+    /// [`DEFAULT_RESPONSE_TIMEOUT`] (60 s).
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
     /// Applies what a fly.toml says ([`FlyToml`]): its replay cache rules are
     /// added, and its `kill_signal`, `kill_timeout` and `internal_port`
     /// replace the current settings (Fly's defaults, `SIGINT` and 5 s,
     /// when the file leaves them out); `h2_backend = true` turns
-    /// [`Config::h2_backend`] on.
+    /// [`Config::h2_backend`] on; `auto_stop_machines`,
+    /// `auto_start_machines`, `min_machines_running` and the first
+    /// `[[http_service.checks]]` replace the current settings when given.
     pub fn fly_toml(mut self, file: &FlyToml) -> Self {
         self.replay_cache.extend(file.replay_cache.iter().cloned());
         self.kill_signal = Some(file.kill_signal.unwrap_or(Signal::Int));
@@ -246,6 +391,18 @@ impl Config {
         }
         if file.h2_backend {
             self.h2_backend = true;
+        }
+        if let Some(mode) = file.auto_stop {
+            self.auto_stop = mode;
+        }
+        if let Some(on) = file.auto_start {
+            self.auto_start = on;
+        }
+        if let Some(n) = file.min_machines_running {
+            self.min_machines_running = n;
+        }
+        if file.health_check.is_some() {
+            self.health_check = file.health_check.clone();
         }
         self
     }
@@ -275,6 +432,16 @@ impl Config {
                 "forwarded_proto {:?} is not a URI scheme",
                 self.forwarded_proto
             ));
+        }
+        if self.machines > crate::MAX_MACHINES {
+            return invalid(format!(
+                "{} Machines is more than flysim runs ({})",
+                self.machines,
+                crate::MAX_MACHINES
+            ));
+        }
+        if let Some(check) = &self.health_check {
+            check.validate().or_else(invalid)?;
         }
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::balance::Pick;
 use crate::body::{ProxyBody, RequestBody};
 use crate::errors::ProxyError;
 use crate::events::EventKind;
+use crate::faults::FaultKind;
 use crate::fleet::{Counter, Lookup};
 use crate::plan::{self, Miss, Route};
 use crate::sim::Shared;
@@ -53,6 +54,26 @@ enum Conn {
     Pool(SocketAddr),
     /// A connection made ahead (under a replay's `timeout`).
     Stream(TcpStream),
+}
+
+/// How a route names its Machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// `fly-force-instance-id`: that Machine, whatever its health.
+    Named,
+    /// `prefer_instance` or `fly-prefer-instance-id`: another one will do.
+    Preferred,
+    /// A strict `instance` replay.
+    Strict,
+}
+
+/// Why one delivery through [`Shared::send_with_fault`] failed.
+enum Sent {
+    /// The Machine's reset fault refused the connection.
+    Reset(String),
+    /// No answer within the response timeout.
+    Timeout(Duration),
+    Other(SendError),
 }
 
 enum SendError {
@@ -119,28 +140,36 @@ impl Shared {
                     }
                     Pick::None => return Err(ProxyError::NoCandidate),
                 },
-                Route::Exact { id, .. } => (id.clone(), self.reach(id, None, false).await),
+                Route::Exact { id, .. } => (id.clone(), self.reach(id, None, Reach::Named).await),
                 Route::Prefer { id, timeout, .. } => {
-                    (id.clone(), self.reach(id, *timeout, false).await)
+                    (id.clone(), self.reach(id, *timeout, Reach::Preferred).await)
                 }
                 // Fly fails a strict replay to a gone Machine slowly.
-                Route::Strict { id, timeout } => (id.clone(), self.reach(id, *timeout, true).await),
+                Route::Strict { id, timeout } => {
+                    (id.clone(), self.reach(id, *timeout, Reach::Strict).await)
+                }
             };
             let miss = match reached {
                 Err(miss) => miss,
-                Ok(conn) => match self.send(ctx, conn, &extra).await {
+                Ok(conn) => match self.send_with_fault(ctx, &id, conn, &extra).await {
                     Ok(resp) => return Ok(Delivered { machine: id, resp }),
-                    Err(SendError::BodyUsed) => return Err(ProxyError::BodyUsed),
-                    Err(SendError::Upstream(UpstreamError::Connect(e))) => Miss::Refused(e),
-                    Err(SendError::Upstream(UpstreamError::NotH2c(detail))) => {
-                        return Err(ProxyError::NotH2c {
-                            machine: id,
-                            detail,
-                        });
+                    Err(Sent::Reset(why)) => Miss::Refused(why),
+                    Err(Sent::Timeout(after)) => {
+                        return Err(ProxyError::Timeout { machine: id, after });
                     }
-                    Err(SendError::Upstream(
-                        UpstreamError::NoAnswer(error) | UpstreamError::Failed(error),
-                    )) => return Err(ProxyError::Upstream { machine: id, error }),
+                    Err(Sent::Other(e)) => match e {
+                        SendError::BodyUsed => return Err(ProxyError::BodyUsed),
+                        SendError::Upstream(UpstreamError::Connect(e)) => Miss::Refused(e),
+                        SendError::Upstream(UpstreamError::NotH2c(detail)) => {
+                            return Err(ProxyError::NotH2c {
+                                machine: id,
+                                detail,
+                            });
+                        }
+                        SendError::Upstream(
+                            UpstreamError::NoAnswer(error) | UpstreamError::Failed(error),
+                        ) => return Err(ProxyError::Upstream { machine: id, error }),
+                    },
                 },
             };
             let next = plan::after_miss(route, &id, miss, &mut extra)?;
@@ -160,23 +189,55 @@ impl Shared {
         }
     }
 
-    /// Starts (if needed) and reaches a Machine within `timeout`. A destroyed
-    /// or unknown Machine is missed after `dead_target_delay` when `slow_if_gone`.
-    async fn reach(
+    /// One delivery to Machine `id` through its network fault, if it has
+    /// one, within the proxy's response timeout. The Machine counts the
+    /// delivery as in flight until its response head (or failure).
+    async fn send_with_fault(
         &self,
+        ctx: &mut Ctx,
         id: &str,
-        timeout: Option<Duration>,
-        slow_if_gone: bool,
-    ) -> Result<Conn, Miss> {
+        conn: Conn,
+        extra: &HeaderMap,
+    ) -> Result<Response<ProxyBody>, Sent> {
+        let _busy = self.fleet.busy(id);
+        let limit = self.config.response_timeout;
+        match self.fleet.fault(id) {
+            Some(FaultKind::Reset) => {
+                return Err(Sent::Reset(format!(
+                    "connection reset by peer (network fault on Machine {id})"
+                )));
+            }
+            // Accepted and never answered, even if the fault ends meanwhile.
+            Some(FaultKind::Blackhole) => {
+                tokio::time::sleep(limit).await;
+                return Err(Sent::Timeout(limit));
+            }
+            Some(FaultKind::Delay(d)) => tokio::time::sleep(d).await,
+            None => {}
+        }
+        match tokio::time::timeout(limit, self.send(ctx, conn, extra)).await {
+            Ok(result) => result.map_err(Sent::Other),
+            Err(_) => Err(Sent::Timeout(limit)),
+        }
+    }
+
+    /// Starts (if needed) and reaches a Machine within `timeout`. A destroyed
+    /// or unknown Machine is missed after `dead_target_delay` for a strict
+    /// replay; a preferred Machine failing its health check or being
+    /// updated is missed.
+    async fn reach(&self, id: &str, timeout: Option<Duration>, how: Reach) -> Result<Conn, Miss> {
         let attempt = async {
             match self.fleet.lookup(id) {
                 Lookup::Gone => {
-                    if slow_if_gone {
+                    if how == Reach::Strict {
                         tokio::time::sleep(self.config.dead_target_delay).await;
                     }
                     Err(Miss::Gone)
                 }
-                Lookup::Started | Lookup::Stopped => {
+                Lookup::Unroutable if how == Reach::Preferred => Err(Miss::NotStarted(
+                    "it is failing its health check or being updated by a deploy".to_owned(),
+                )),
+                Lookup::Started | Lookup::Unroutable | Lookup::Stopped => {
                     let addr = self
                         .fleet
                         .ensure_started(id)

@@ -64,7 +64,7 @@ fn answer(shared: &Shared, query: &Message) -> Message {
             .into_iter()
             .filter(|m| match m.state {
                 MachineState::Started => true,
-                MachineState::Stopped => !started_only,
+                MachineState::Stopped | MachineState::Suspended => !started_only,
                 MachineState::Destroyed => false,
             })
             .map(|m| format!("{} {region}", m.id))

@@ -46,6 +46,12 @@ pub(crate) enum ProxyError {
     NotH2c { machine: String, detail: String },
     /// No code: the exchange with a Machine failed after it got the request.
     Upstream { machine: String, error: String },
+    /// No code: the Machine did not answer within the proxy's response
+    /// timeout ([`Config::response_timeout`](crate::Config::response_timeout)).
+    Timeout {
+        machine: String,
+        after: std::time::Duration,
+    },
 }
 
 impl ProxyError {
@@ -59,7 +65,7 @@ impl ProxyError {
             ProxyError::NoCandidate | ProxyError::Unreachable { .. } => "PR04",
             ProxyError::NotFound { .. } => "PR02",
             ProxyError::NotH2c { .. } => "PU01",
-            ProxyError::Upstream { .. } => return None,
+            ProxyError::Upstream { .. } | ProxyError::Timeout { .. } => return None,
         })
     }
 
@@ -72,7 +78,8 @@ impl ProxyError {
             | ProxyError::BodyTooLarge { machine, .. }
             | ProxyError::TooManyReplays { machine, .. }
             | ProxyError::NotH2c { machine, .. }
-            | ProxyError::Upstream { machine, .. } => Some(machine),
+            | ProxyError::Upstream { machine, .. }
+            | ProxyError::Timeout { machine, .. } => Some(machine),
             ProxyError::NotFound { id, .. } | ProxyError::Unreachable { id, .. } => Some(id),
             ProxyError::BodyUsed | ProxyError::NoCandidate => None,
         }
@@ -138,6 +145,9 @@ impl ProxyError {
             ProxyError::Upstream { machine, error } => {
                 format!("error talking to Machine {machine}: {error}")
             }
+            ProxyError::Timeout { machine, after } => format!(
+                "Machine {machine} did not answer {method} {pq} within {after:?} (the proxy's response timeout)"
+            ),
         }
     }
 }

@@ -39,6 +39,17 @@ pub enum EventKind {
     /// as an error ([`Event::is_error`]): Fly documents such a replay as one
     /// that cannot be cached.
     ReplayNotCached,
+    /// A deploy began, moved on to a phase (a batch, a canary, a cutover),
+    /// finished or failed; messages name the deploy's number.
+    Deploy,
+    /// A scale to a new Machine count began or finished.
+    Scale,
+    /// Autostop stopped or suspended an idle Machine.
+    Autostop,
+    /// A Machine's health check verdict changed (pass or fail).
+    Health,
+    /// A network fault began or ended on a Machine.
+    Fault,
 }
 
 /// One recorded event.

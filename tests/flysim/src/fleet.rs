@@ -5,14 +5,17 @@
 use std::fmt::Write as _;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use crate::Config;
 use crate::balance::Candidate;
 use crate::events::{EventKind, EventLog};
+use crate::faults::{FaultInfo, FaultKind};
 use crate::machine::{self, Instance, Launch, MachineEnv, MachineInfo, MachineState, Signal};
 
 #[derive(Default)]
@@ -35,6 +38,76 @@ struct Slot {
     generation: u64,
     lifecycle: Arc<tokio::sync::Mutex<()>>,
     counters: Counters,
+    /// The app version it runs (see `MachineInfo::version`).
+    version: u64,
+    /// Being updated or replaced by a deploy.
+    updating: bool,
+    /// Its last health check verdict.
+    healthy: Option<bool>,
+    /// When it last started (for a health check's grace period).
+    started_at: Option<Instant>,
+    /// Requests and tunnels in flight to it.
+    in_flight: u64,
+    /// When the last of them ended (or it started): autostop's idle clock.
+    last_active: Instant,
+    fault: Option<ActiveFault>,
+    /// Bumped when a reset fault begins: its WebSocket tunnels close.
+    resets: watch::Sender<u64>,
+}
+
+/// A network fault while it lasts.
+#[derive(Debug, Clone, Copy)]
+struct ActiveFault {
+    kind: FaultKind,
+    until: Instant,
+    /// Which fault this is (a later one replaces it).
+    number: u64,
+}
+
+impl ActiveFault {
+    fn live(&self, now: Instant) -> bool {
+        now < self.until
+    }
+}
+
+/// Why a Machine is started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StartKind {
+    /// At start-up, or by the API's start: at once.
+    Direct,
+    /// By a request routed to it (after the cold start, or the resume delay).
+    Auto,
+    /// By a deploy or a scale-up (after the cold start).
+    Managed,
+}
+
+/// One Machine's activity, for autostop.
+#[derive(Debug, Clone)]
+pub(crate) struct Activity {
+    pub(crate) id: String,
+    pub(crate) state: MachineState,
+    /// Updating, or draining: never autostopped.
+    pub(crate) busy: bool,
+    pub(crate) in_flight: u64,
+    pub(crate) idle_for: Duration,
+}
+
+/// A request or tunnel in flight to a Machine; dropping it ends it.
+pub(crate) struct Busy {
+    fleet: Weak<Fleet>,
+    id: String,
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if let Some(fleet) = self.fleet.upgrade() {
+            let mut slots = lock(&fleet.slots);
+            if let Some(slot) = slots.iter_mut().find(|s| s.id == self.id) {
+                slot.in_flight = slot.in_flight.saturating_sub(1);
+                slot.last_active = Instant::now();
+            }
+        }
+    }
 }
 
 /// Which counter to bump.
@@ -50,6 +123,9 @@ pub(crate) enum Counter {
 /// Where a Machine stands, for routing.
 pub(crate) enum Lookup {
     Started,
+    /// Started, but failing its health check or being updated by a deploy.
+    Unroutable,
+    /// Stopped or suspended.
     Stopped,
     /// Destroyed or never existed.
     Gone,
@@ -67,6 +143,10 @@ pub(crate) struct Fleet {
     weak: Weak<Fleet>,
     /// The DNS server's address (given to Machines), set once at start-up.
     dns_addr: OnceLock<Option<SocketAddr>>,
+    /// The app version new Machines get.
+    version: AtomicU64,
+    /// Numbers faults.
+    faults: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -93,6 +173,8 @@ impl Fleet {
             exited: Notify::new(),
             weak: weak.clone(),
             dns_addr: OnceLock::new(),
+            version: AtomicU64::new(1),
+            faults: AtomicU64::new(0),
         })
     }
 
@@ -138,15 +220,17 @@ impl Fleet {
         match lock(&self.slots)
             .iter()
             .find(|s| s.id == id)
-            .map(|s| s.state)
+            .map(|s| (s.state, !s.updating && s.healthy != Some(false)))
         {
-            Some(MachineState::Started) => Lookup::Started,
-            Some(MachineState::Stopped) => Lookup::Stopped,
-            Some(MachineState::Destroyed) | None => Lookup::Gone,
+            Some((MachineState::Started, false)) => Lookup::Unroutable,
+            Some((MachineState::Started, true)) => Lookup::Started,
+            Some((MachineState::Stopped | MachineState::Suspended, _)) => Lookup::Stopped,
+            Some((MachineState::Destroyed, _)) | None => Lookup::Gone,
         }
     }
 
     pub(crate) fn machines(&self) -> Vec<MachineInfo> {
+        let now = Instant::now();
         lock(&self.slots)
             .iter()
             .map(|s| MachineInfo {
@@ -160,6 +244,18 @@ impl Fleet {
                 fallbacks_received: s.counters.fallbacks_received,
                 starts: s.counters.starts,
                 retries: s.counters.retries,
+                version: s.version,
+                updating: s.updating,
+                healthy: s.healthy,
+                in_flight: s.in_flight,
+                fault: s.fault.filter(|f| f.live(now)).map(|f| FaultInfo {
+                    kind: f.kind.name(),
+                    delay_ms: match f.kind {
+                        FaultKind::Delay(d) => Some(d.as_millis() as u64),
+                        _ => None,
+                    },
+                    remaining_ms: f.until.saturating_duration_since(now).as_millis() as u64,
+                }),
             })
             .collect()
     }
@@ -199,8 +295,152 @@ impl Fleet {
                 id: s.id.clone(),
                 state: s.state,
                 addr: s.addr,
+                routable: !s.updating && s.healthy != Some(false),
             })
             .collect()
+    }
+
+    /// Every Machine's activity now.
+    pub(crate) fn activity(&self) -> Vec<Activity> {
+        let now = Instant::now();
+        lock(&self.slots)
+            .iter()
+            .map(|s| Activity {
+                id: s.id.clone(),
+                state: s.state,
+                busy: s.updating || s.draining,
+                in_flight: s.in_flight,
+                idle_for: now.saturating_duration_since(s.last_active),
+            })
+            .collect()
+    }
+
+    /// Marks a request or tunnel in flight to `id` until the guard is dropped.
+    pub(crate) fn busy(&self, id: &str) -> Busy {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.iter_mut().find(|s| s.id == id) {
+            slot.in_flight += 1;
+            slot.last_active = Instant::now();
+        }
+        Busy {
+            fleet: self.weak.clone(),
+            id: id.to_owned(),
+        }
+    }
+
+    // ----- health, versions, deploys -----
+
+    /// Records a health check verdict; whether it changed.
+    pub(crate) fn set_healthy(&self, id: &str, healthy: bool) -> bool {
+        let mut slots = lock(&self.slots);
+        match slots
+            .iter_mut()
+            .find(|s| s.id == id && s.state == MachineState::Started)
+        {
+            Some(slot) if slot.healthy != Some(healthy) => {
+                slot.healthy = Some(healthy);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `id` started less than `grace` ago.
+    pub(crate) fn in_grace(&self, id: &str, grace: Duration) -> bool {
+        lock(&self.slots)
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.started_at)
+            .is_some_and(|t| t.elapsed() < grace)
+    }
+
+    /// Marks `id` as being updated by a deploy (or not).
+    pub(crate) fn set_updating(&self, id: &str, on: bool) {
+        if let Some(slot) = lock(&self.slots).iter_mut().find(|s| s.id == id) {
+            slot.updating = on;
+        }
+    }
+
+    /// Sets the version `id` runs.
+    pub(crate) fn set_version(&self, id: &str, version: u64) {
+        if let Some(slot) = lock(&self.slots).iter_mut().find(|s| s.id == id) {
+            slot.version = version;
+        }
+    }
+
+    /// The version new Machines get.
+    pub(crate) fn current_version(&self) -> u64 {
+        self.version.load(Ordering::SeqCst)
+    }
+
+    /// Sets the version new Machines get.
+    pub(crate) fn set_current_version(&self, version: u64) {
+        self.version.store(version, Ordering::SeqCst);
+    }
+
+    // ----- faults -----
+
+    /// `id`'s network fault, while it lasts.
+    pub(crate) fn fault(&self, id: &str) -> Option<FaultKind> {
+        let now = Instant::now();
+        lock(&self.slots)
+            .iter()
+            .find(|s| s.id == id)
+            .and_then(|s| s.fault)
+            .filter(|f| f.live(now))
+            .map(|f| f.kind)
+    }
+
+    /// Gives `id` a fault for `lasting` (replacing any); its number. A reset
+    /// closes the Machine's WebSocket tunnels at once.
+    pub(crate) fn set_fault(
+        &self,
+        id: &str,
+        kind: FaultKind,
+        lasting: Duration,
+    ) -> io::Result<u64> {
+        let number = self.faults.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut slots = lock(&self.slots);
+        let slot = slots
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or_else(|| not_found(id))?;
+        if slot.state == MachineState::Destroyed {
+            return Err(destroyed(id));
+        }
+        slot.fault = Some(ActiveFault {
+            kind,
+            until: Instant::now() + lasting,
+            number,
+        });
+        if kind == FaultKind::Reset {
+            slot.resets.send_modify(|n| *n += 1);
+        }
+        Ok(number)
+    }
+
+    /// Ends `id`'s fault: fault `number` only, or any with `None`; whether
+    /// one was ended.
+    pub(crate) fn clear_fault(&self, id: &str, number: Option<u64>) -> bool {
+        let mut slots = lock(&self.slots);
+        let Some(slot) = slots.iter_mut().find(|s| s.id == id) else {
+            return false;
+        };
+        match slot.fault {
+            Some(f) if number.is_none_or(|n| n == f.number) => {
+                slot.fault = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Changes when a reset fault begins on `id` (its tunnels close).
+    pub(crate) fn resets(&self, id: &str) -> Option<watch::Receiver<u64>> {
+        lock(&self.slots)
+            .iter()
+            .find(|s| s.id == id)
+            .map(|s| s.resets.subscribe())
     }
 
     // ----- lifecycle -----
@@ -218,6 +458,14 @@ impl Fleet {
             generation: 0,
             lifecycle: Arc::new(tokio::sync::Mutex::new(())),
             counters: Counters::default(),
+            version: self.current_version(),
+            updating: false,
+            healthy: None,
+            started_at: None,
+            in_flight: 0,
+            last_active: Instant::now(),
+            fault: None,
+            resets: watch::Sender::new(0),
         });
         id
     }
@@ -244,6 +492,16 @@ impl Fleet {
                         return Ok(addr);
                     }
                 }
+                Some(s) if s.updating => {
+                    return Err(io::Error::other(format!(
+                        "Machine {id} is being updated by a deploy"
+                    )));
+                }
+                Some(_) if !self.config.auto_start => {
+                    return Err(io::Error::other(format!(
+                        "Machine {id} is not started and auto_start_machines is off"
+                    )));
+                }
                 Some(_) => {}
             }
         }
@@ -252,17 +510,18 @@ impl Fleet {
             .upgrade()
             .ok_or_else(|| io::Error::other("flysim is shut down"))?;
         let id = id.to_owned();
-        tokio::spawn(async move { me.start_inner(&id, true).await })
+        tokio::spawn(async move { me.start_inner(&id, StartKind::Auto).await })
             .await
             .map_err(io::Error::other)?
     }
 
-    pub(crate) async fn start_inner(&self, id: &str, autostart: bool) -> io::Result<SocketAddr> {
+    pub(crate) async fn start_inner(&self, id: &str, kind: StartKind) -> io::Result<SocketAddr> {
         let lifecycle = self.lifecycle_lock(id)?;
         let _guard = lifecycle.lock().await;
         if self.closing.load(Ordering::SeqCst) {
             return Err(io::Error::other("flysim is shutting down"));
         }
+        let autostart = kind == StartKind::Auto;
         let generation = {
             let mut slots = lock(&self.slots);
             let slot = slots
@@ -271,17 +530,38 @@ impl Fleet {
                 .ok_or_else(|| not_found(id))?;
             match slot.state {
                 MachineState::Destroyed => return Err(destroyed(id)),
-                MachineState::Started => {
-                    if let Some(addr) = slot.addr {
-                        return Ok(addr);
-                    }
+                MachineState::Started => match slot.addr {
+                    Some(addr) => return Ok(addr),
+                    None => Err(None),
+                },
+                MachineState::Suspended => {
+                    Err(Some(slot.instance.as_ref().map(Instance::signaller)))
                 }
-                MachineState::Stopped => {}
+                MachineState::Stopped if autostart && slot.updating => {
+                    return Err(io::Error::other(format!(
+                        "Machine {id} is being updated by a deploy"
+                    )));
+                }
+                MachineState::Stopped => {
+                    slot.generation += 1;
+                    Ok(slot.generation)
+                }
             }
-            slot.generation += 1;
-            slot.generation
         };
-        if autostart && !self.config.cold_start.is_zero() {
+        let generation = match generation {
+            Ok(generation) => generation,
+            Err(Some(signaller)) => return self.resume(id, kind, signaller).await,
+            Err(None) => {
+                let mut slots = lock(&self.slots);
+                let slot = slots
+                    .iter_mut()
+                    .find(|s| s.id == id)
+                    .ok_or_else(|| not_found(id))?;
+                slot.generation += 1;
+                slot.generation
+            }
+        };
+        if kind != StartKind::Direct && !self.config.cold_start.is_zero() {
             tokio::time::sleep(self.config.cold_start).await;
         }
         let env = MachineEnv {
@@ -341,6 +621,9 @@ impl Fleet {
                 slot.addr = Some(addr);
                 slot.instance = Some(instance);
                 slot.counters.starts += 1;
+                slot.healthy = None;
+                slot.started_at = Some(Instant::now());
+                slot.last_active = Instant::now();
             }
         }
         if autostart {
@@ -357,6 +640,68 @@ impl Fleet {
             );
         }
         Ok(addr)
+    }
+
+    /// Resumes a suspended Machine (under its lifecycle lock).
+    async fn resume(
+        &self,
+        id: &str,
+        kind: StartKind,
+        signaller: Option<machine::Signaller>,
+    ) -> io::Result<SocketAddr> {
+        let delay = self.config.resume_delay();
+        if kind != StartKind::Direct && !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if let Some(signaller) = signaller {
+            signaller.freeze(false).await?;
+        }
+        let addr = {
+            let mut slots = lock(&self.slots);
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.id == id)
+                .ok_or_else(|| not_found(id))?;
+            slot.state = MachineState::Started;
+            slot.last_active = Instant::now();
+            slot.started_at = Some(Instant::now());
+            slot.counters.starts += 1;
+            slot.addr
+                .ok_or_else(|| io::Error::other(format!("Machine {id} has no address")))?
+        };
+        let kind = if kind == StartKind::Auto {
+            EventKind::Autostart
+        } else {
+            EventKind::Lifecycle
+        };
+        self.record(kind, id, format!("Machine {id} resumed at {addr}"));
+        Ok(addr)
+    }
+
+    /// Suspends a started Machine (autostop's `suspend`): out of the
+    /// rotation, its process frozen, its memory kept.
+    pub(crate) async fn suspend_machine(&self, id: &str) -> io::Result<()> {
+        let lifecycle = self.lifecycle_lock(id)?;
+        let _guard = lifecycle.lock().await;
+        let signaller = {
+            let mut slots = lock(&self.slots);
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.id == id)
+                .ok_or_else(|| not_found(id))?;
+            if slot.state != MachineState::Started {
+                return Err(io::Error::other(format!("Machine {id} is not started")));
+            }
+            slot.state = MachineState::Suspended;
+            slot.healthy = None;
+            slot.instance.as_ref().map(Instance::signaller)
+        };
+        if let Some(signaller) = signaller {
+            // A process that will not freeze is still out of the rotation.
+            let _ = signaller.freeze(true).await;
+        }
+        self.record(EventKind::Autostop, id, format!("Machine {id} suspended"));
+        Ok(())
     }
 
     fn machine_exited(&self, id: &str, generation: u64, status: &str) {
@@ -384,7 +729,12 @@ impl Fleet {
     }
 
     pub(crate) async fn start_machine(&self, id: &str) -> io::Result<()> {
-        self.start_inner(id, false).await.map(|_| ())
+        self.start_inner(id, StartKind::Direct).await.map(|_| ())
+    }
+
+    /// Starts a Machine for a deploy or a scale-up (after the cold start).
+    pub(crate) async fn start_managed(&self, id: &str) -> io::Result<()> {
+        self.start_inner(id, StartKind::Managed).await.map(|_| ())
     }
 
     pub(crate) async fn stop_machine(&self, id: &str) -> io::Result<()> {
@@ -411,8 +761,14 @@ impl Fleet {
             slot.state = to;
             slot.draining = false;
             slot.addr = None;
+            slot.healthy = None;
             (slot.instance.take(), was)
         };
+        if let Some(instance) = &instance
+            && was == MachineState::Suspended
+        {
+            let _ = instance.signaller().freeze(false).await;
+        }
         if let Some(instance) = instance {
             match self.config.kill_signal {
                 Some(signal) => {
@@ -473,7 +829,7 @@ impl Fleet {
     pub(crate) async fn add_machine(&self) -> io::Result<String> {
         let id = self.create_slot();
         self.record(EventKind::Lifecycle, &id, format!("Machine {id} added"));
-        match self.start_inner(&id, false).await {
+        match self.start_inner(&id, StartKind::Direct).await {
             Ok(_) => Ok(id),
             Err(e) => Err(e),
         }
@@ -494,7 +850,7 @@ impl Fleet {
             slots
                 .iter_mut()
                 .filter_map(|s| {
-                    if s.state == MachineState::Started {
+                    if matches!(s.state, MachineState::Started | MachineState::Suspended) {
                         s.state = MachineState::Stopped;
                     }
                     s.addr = None;
@@ -503,6 +859,9 @@ impl Fleet {
                 .collect()
         };
         for instance in instances {
+            // A frozen process is killed all the same; thawing it first
+            // lets it see the kill at once.
+            let _ = instance.signaller().freeze(false).await;
             instance.stop().await;
         }
     }
@@ -515,7 +874,7 @@ impl Fleet {
             slots
                 .iter_mut()
                 .filter_map(|s| {
-                    if s.state == MachineState::Started {
+                    if matches!(s.state, MachineState::Started | MachineState::Suspended) {
                         s.state = MachineState::Stopped;
                     }
                     s.addr = None;

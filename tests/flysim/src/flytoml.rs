@@ -5,7 +5,10 @@
 //! unknown one refused), the top-level `kill_signal` and `kill_timeout`, and
 //! `internal_port` (of `[http_service]`, else of the first `[[services]]`),
 //! and `h2_backend` (`[http_service.http_options]`, or any
-//! `[[services.ports]]`' `http_options`).
+//! `[[services.ports]]`' `http_options`), and `[http_service]`'s
+//! `auto_stop_machines`, `auto_start_machines`, `min_machines_running` and
+//! first `[[http_service.checks]]` (`path`, `interval`, `timeout`,
+//! `grace_period`).
 //! Every other key a fly.toml may have (`app`, `primary_region`, `[build]`,
 //! `[env]`, `[[vm]]`, `[checks]`, `[metrics]`, the rest of `[http_service]`,
 //! ...) is tolerated and ignored. Errors name the file, the line and the field.
@@ -16,8 +19,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::Signal;
 use crate::cache::{ReplayCacheRule, RuleError};
+use crate::{AutoStop, HealthCheck, Signal};
 
 /// What flysim takes from a fly.toml; apply it with
 /// [`Config::fly_toml`](crate::Config::fly_toml).
@@ -57,6 +60,16 @@ pub struct FlyToml {
     pub internal_port: Option<u16>,
     /// `http_options.h2_backend = true`: speak h2c to the Machines.
     pub h2_backend: bool,
+    /// `[http_service]`'s `auto_stop_machines`, if given.
+    pub auto_stop: Option<AutoStop>,
+    /// `[http_service]`'s `auto_start_machines`, if given.
+    pub auto_start: Option<bool>,
+    /// `[http_service]`'s `min_machines_running`, if given.
+    pub min_machines_running: Option<usize>,
+    /// The first `[[http_service.checks]]`, if any (its `path`, default
+    /// `/health`; `interval`, `timeout` and `grace_period`, defaults
+    /// [`HealthCheck::default`]'s).
+    pub health_check: Option<HealthCheck>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +85,19 @@ struct RawFile {
 struct RawService {
     internal_port: Option<Spanned<i64>>,
     http_options: Option<RawHttpOptions>,
+    auto_stop_machines: Option<Spanned<toml::Value>>,
+    auto_start_machines: Option<Spanned<bool>>,
+    min_machines_running: Option<Spanned<i64>>,
+    #[serde(default)]
+    checks: Vec<RawCheck>,
+}
+
+#[derive(Deserialize)]
+struct RawCheck {
+    path: Option<Spanned<String>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    grace_period: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -188,6 +214,9 @@ impl FlyToml {
                 )
             })?);
         }
+        if let Some(service) = &raw.http_service {
+            read_service(service, &mut out, &at)?;
+        }
         let port = raw
             .http_service
             .as_ref()
@@ -212,6 +241,87 @@ impl FlyToml {
         }
         Ok(out)
     }
+}
+
+/// `[http_service]`'s autostop settings and first check.
+fn read_service(
+    service: &RawService,
+    out: &mut FlyToml,
+    at: &dyn Fn(usize) -> String,
+) -> Result<(), RuleError> {
+    let bad = |field: &'static str, offset: usize, why: String| {
+        RuleError::new(
+            Some(field),
+            format!("{}: field \"{field}\": {why}", at(offset)),
+        )
+    };
+    if let Some(v) = &service.auto_stop_machines {
+        let mode = match v.get_ref() {
+            toml::Value::String(s) => s.parse::<AutoStop>(),
+            toml::Value::Boolean(b) => Ok(if *b { AutoStop::Stop } else { AutoStop::Off }),
+            other => Err(format!(
+                "{} is not \"off\", \"stop\" or \"suspend\"",
+                other.type_str()
+            )),
+        };
+        out.auto_stop = Some(mode.map_err(|e| bad("auto_stop_machines", v.span().start, e))?);
+    }
+    if let Some(v) = &service.auto_start_machines {
+        out.auto_start = Some(*v.get_ref());
+    }
+    if let Some(v) = &service.min_machines_running {
+        out.min_machines_running = Some(
+            usize::try_from(*v.get_ref())
+                .ok()
+                .filter(|n| *n <= crate::MAX_MACHINES)
+                .ok_or_else(|| {
+                    bad(
+                        "min_machines_running",
+                        v.span().start,
+                        format!(
+                            "{} is not a count of Machines (0 to {})",
+                            v.get_ref(),
+                            crate::MAX_MACHINES
+                        ),
+                    )
+                })?,
+        );
+    }
+    if let Some(c) = service.checks.first() {
+        let mut check = HealthCheck::default();
+        let duration = |field: &'static str, v: &Option<Spanned<String>>| {
+            v.as_ref()
+                .map(|v| {
+                    crate::replay::parse_duration(v.get_ref())
+                        .filter(|d| !d.is_zero() || field == "grace_period")
+                        .ok_or_else(|| {
+                            bad(
+                                field,
+                                v.span().start,
+                                format!("{:?} is not a duration (\"15s\", \"500ms\")", v.get_ref()),
+                            )
+                        })
+                })
+                .transpose()
+        };
+        if let Some(d) = duration("interval", &c.interval)? {
+            check.interval = d;
+        }
+        if let Some(d) = duration("timeout", &c.timeout)? {
+            check.timeout = d;
+        }
+        if let Some(d) = duration("grace_period", &c.grace_period)? {
+            check.grace_period = d;
+        }
+        if let Some(p) = &c.path {
+            check.path = p.get_ref().clone();
+            check
+                .validate()
+                .map_err(|e| bad("path", p.span().start, e))?;
+        }
+        out.health_check = Some(check);
+    }
+    Ok(())
 }
 
 /// One replay_cache table as a rule, or the offset of the field at fault.

@@ -43,9 +43,10 @@
 //! ```
 //!
 //! ## What is simulated
-//! - Balancing (round-robin or random) over started Machines; stopped Machines are
-//!   started when a request is routed to them (after [`Config::cold_start`]), and one
-//!   is started when none is running.
+//! - Balancing (round-robin or random) over started Machines that pass their
+//!   health checks; stopped Machines are started when a request is routed to
+//!   them (after [`Config::cold_start`]), and one is started when none is
+//!   running.
 //! - Stopping like Fly ([`Config::kill_signal`], [`Config::kill_timeout`]): the
 //!   Machine leaves the rotation, its process gets the signal and is killed if it
 //!   outlives the timeout; [`FlySim::signal_machine`] signals a Machine that stays
@@ -81,6 +82,28 @@
 //!   it answered). The front port accepts HTTP/1.1 and h2c with prior
 //!   knowledge either way, so `Cookie` may arrive split over several fields
 //!   and bodies without `content-length`.
+//! - Deploys ([`FlySim::deploy`], [`FlySim::start_deploy`], admin
+//!   `POST /deploy`) with Fly's four [`Strategy`]s: `rolling` (in place,
+//!   same IDs, one at a time or 5 at a time from 6 Machines), `immediate`
+//!   (in place, all at once), `canary` (one new Machine first, then
+//!   rolling) and `bluegreen` (new IDs, then every old Machine destroyed);
+//!   each step waits for the Machine's health check. A deploy runs in the
+//!   background; [`FlySim::deploy_status`] and `GET /deploy` follow it, and
+//!   every phase is an [`EventKind::Deploy`] event.
+//! - Scaling ([`FlySim::scale`], `POST /scale?count=N`, like
+//!   `fly scale count`).
+//! - Autostop and autostart ([`Config::auto_stop`] `off`/`stop`/`suspend`,
+//!   [`Config::auto_start`], [`Config::min_machines_running`],
+//!   [`Config::idle_stop`], or fly.toml's `[http_service]`): idle Machines
+//!   are stopped or suspended; a request routed to one starts it after
+//!   [`Config::cold_start`], or resumes it after [`Config::resume`].
+//! - Health checks ([`Config::health_check`], `--health-check-path`, or
+//!   fly.toml's `[[http_service.checks]]`): a Machine failing its check is
+//!   left out of the rotation.
+//! - Network faults on a Machine for a while ([`FlySim::fault`], admin
+//!   `POST /machines/<id>/fault`): connections reset, answers delayed, or
+//!   requests accepted and never answered (a blackhole, met by the proxy's
+//!   [`Config::response_timeout`]).
 //!
 //! ## Named assumptions (replay cache)
 //! Where Fly's documentation is silent, flysim decides as follows. A
@@ -174,9 +197,90 @@
 //!     limit (Fly documents only the limit). An app must opt in to count on
 //!     this (`sticky_core::Builder::replay_unknown_length`).
 //!
+//! ## Named assumptions (deploys, autostop, health checks, faults)
+//! FLY-PROTOCOL.md section 9 and Fly's docs name the behaviours; where
+//! they leave details open, flysim does as follows.
+//! 22. **Canary.** The canary Machine (new ID, the new version) is booted
+//!     and health-checked out of the rotation, and destroyed once it has
+//!     passed (it only proves the new version boots); then the old
+//!     Machines are updated in place as by `rolling`. The app keeps its
+//!     Machine count and IDs, and no client is ever pinned to the canary.
+//!     FLY-PROTOCOL.md says only "one new Machine first, then rolling".
+//! 23. **Deploy health gate.** Each started or updated Machine must pass
+//!     its health check ([`Config::health_check`], else `GET /health`,
+//!     2 s timeout, polled every 50 ms) within
+//!     [`Config::deploy_check_timeout`] (default 60 s) before the next
+//!     batch; otherwise the deploy fails there (no rollback: the Machines
+//!     already updated keep the new version, the rest keep the old one,
+//!     the failing one is marked unhealthy).
+//! 24. **Updating Machines.** A Machine a deploy is stopping, starting or
+//!     checking is out of the rotation and is never autostarted by a
+//!     request: `prefer_instance` and `fly-prefer-instance-id` go elsewhere
+//!     (with `fly-preferred-instance-unavailable`); a strict `instance`
+//!     replay or `fly-force-instance-id` fails. A stopped Machine is
+//!     updated without being started; a suspended one is stopped, then
+//!     started again.
+//! 25. **Blue-green cutover.** The new Machines stay out of the rotation
+//!     until every one of them passes; then, in one step, they join and the
+//!     old ones leave, and the old ones are destroyed (kill signal, kill
+//!     timeout). If a new one fails, the new ones are destroyed and the old
+//!     ones kept.
+//! 26. **One at a time.** A deploy or a scale while another deploy or scale
+//!     runs is refused (`409`).
+//! 27. **Scale.** `count` is 1 to [`MAX_MACHINES`] (100); more Machines
+//!     get new IDs and start after the cold start; fewer destroy stopped
+//!     and suspended Machines first, then the most recently created ones.
+//! 28. **Cold starts.** [`Config::cold_start`] applies to every start flysim
+//!     makes on its own: autostarts, a deploy's starts, a scale's; the
+//!     Machines of start-up and [`FlySim::start_machine`] start at once.
+//! 29. **Resume.** A suspended Machine resumes after [`Config::resume`],
+//!     by default a quarter of the cold start; its process was frozen
+//!     (`SIGSTOP`/`SIGCONT`) so its memory (sessions, rooms) survives. The
+//!     balancer resumes a suspended Machine before starting a stopped one.
+//! 30. **Idle.** A Machine is idle while no request is in flight to it and
+//!     no WebSocket tunnel to it is open; after [`Config::idle_stop`]
+//!     (default 10 s) of that, autostop stops (kill signal) or suspends it,
+//!     the longest idle first, never leaving fewer than
+//!     `min_machines_running` started. Idle Machines are looked for every
+//!     quarter of the idle time (20 ms to 1 s). Draining and updating
+//!     Machines are left alone.
+//! 31. **Without autostart.** With `auto_start_machines = false`, a stopped
+//!     or suspended Machine is unavailable: a preferred one is replaced, a
+//!     named one fails (PR02), and when none is started the request fails
+//!     with PR04.
+//! 32. **Health checks.** Every started Machine is checked each `interval`
+//!     (fly.toml's, or 1 s) with `GET <path>` straight to its address; a
+//!     2xx within `timeout` passes. A failure during `grace_period` after a
+//!     start does not count. A failing Machine leaves the balancer's
+//!     rotation and is not used for `prefer_instance` /
+//!     `fly-prefer-instance-id`; a strict `instance` replay or
+//!     `fly-force-instance-id` still reaches it (the client asked for that
+//!     one). It returns once a check passes. Before its first check a
+//!     Machine is routed to. Without a configured check nothing is checked
+//!     periodically.
+//! 33. **Response timeout.** The proxy waits [`Config::response_timeout`]
+//!     (default 60 s; Fly documents none for a response head) for a
+//!     Machine's answer, then answers a 502 with no `fly-error` code
+//!     ("did not answer ... within"); nothing is retried. Before this,
+//!     flysim waited forever for a Machine that never answered.
+//! 34. **Reset.** A reset fault refuses every new delivery before the
+//!     Machine sees it: a balanced request goes to another Machine (as
+//!     after a refused connection), a preferred one falls back, a strict or
+//!     forced one fails. Open WebSocket tunnels to the Machine are cut when
+//!     the fault begins. Its health checks fail.
+//! 35. **Delay.** Each delivery (and health check) waits the delay before
+//!     it is sent; the response timeout still applies after it.
+//! 36. **Blackhole.** A delivery sent while the fault lasts is accepted and
+//!     never answered: it fails at the response timeout even if the fault
+//!     ends first. Open tunnels are left alone (their bytes still flow).
+//!     Health checks time out.
+//!
 //! fly.toml: flysim reads `replay_cache` rules, `kill_signal` (Fly's default
-//! `SIGINT` when absent), `kill_timeout` (default 5 s), `internal_port` and
-//! `http_options.h2_backend`;
+//! `SIGINT` when absent), `kill_timeout` (default 5 s), `internal_port`,
+//! `http_options.h2_backend`, and `[http_service]`'s `auto_stop_machines`,
+//! `auto_start_machines`, `min_machines_running` and first
+//! `[[http_service.checks]]` (`path`, `interval`, `timeout`,
+//! `grace_period`);
 //! Machines still get a free loopback `PORT` each (they share one host), and
 //! `internal_port` is reported by the admin `GET /config`.
 //!
@@ -184,15 +288,16 @@
 //! [`Config::admin_addr`] (the binary's `--admin-port`) serves a small
 //! HTTP/1.1 API on loopback, and a dashboard over it: open
 //! `http://<admin address>/` in a browser to see every Machine's state
-//! (started, draining, stopped, destroyed) and counters, the replay cache and
+//! (started, draining, updating, suspended, stopped, destroyed), version,
+//! health, fault and counters, the replay cache, the deploy under way and
 //! the recent events, updated live, with buttons to stop, start, drain,
-//! destroy and add Machines. It is one HTML page with no external assets and
+//! suspend, destroy, fault and add Machines, deploy and scale. It is one HTML page with no external assets and
 //! no build step, and works for any app.
 //!
 //! | request | effect |
 //! |---|---|
 //! | `GET /` | the dashboard: one HTML page (no external assets) showing the Machines, their counters, the replay cache and the recent events, polled live, with buttons for the actions below |
-//! | `GET /machines` | JSON list of Machines with their state and counters |
+//! | `GET /machines` | JSON list of Machines with their state (`started`, `stopped`, `suspended`, `destroyed`; `draining`, `updating`), `version`, `healthy`, `fault`, `in_flight` and counters |
 //! | `GET /machines/<id>` | one Machine |
 //! | `POST /machines` | add a Machine; answers `{"id": "<new id>"}` |
 //! | `POST /machines/<id>/stop` | stop it (`409` if it is not started) |
@@ -203,7 +308,13 @@
 //! | `GET /events` | JSON list of recorded events, oldest first; `?last=N` for the newest N only |
 //! | `GET /report` | the per-Machine table as text (and the replay cache's counters when caching is in play) |
 //! | `GET /replay-cache` | the replay cache: `rules`, `stats` (`entries`, `created`, `hits`, `misses`, `bypasses`, `invalidations`, `not_cached`) and the live `entries` |
-//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `h2_backend`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules, and the `front` address |
+//! | `POST /machines/<id>/suspend` | suspend it, as autostop's `suspend` does (`409` if it is not started) |
+//! | `POST /machines/<id>/fault?kind=reset\|delay\|blackhole&ms=M&for_ms=D` | give it a network fault for `D` ms (1 to 3,600,000), replacing any; `ms` is the delay, for `delay` only (`400` for a bad kind or number, `409` if destroyed) |
+//! | `DELETE /machines/<id>/fault` | end its fault now; answers `{"cleared": true\|false}` |
+//! | `POST /deploy?strategy=rolling\|immediate\|canary\|bluegreen` | begin a deploy in the background (default `rolling`); answers `202` with its `number` (`400` for an unknown strategy, `409` while a deploy or a scale runs) |
+//! | `GET /deploy` | the running or last deploy: `number`, `strategy`, `state` (`running`, `succeeded`, `failed`), `phase`, `machines`, `done`, `error`, `elapsed_ms`; `{"state": "none"}` before any |
+//! | `POST /scale?count=N` | add or destroy Machines until `N` (1 to 100) are not destroyed; answers `added` and `destroyed` when done (`400` for a bad count, `409` during a deploy or another scale) |
+//! | `GET /config` | the settings read from fly.toml or the command line: `internal_port`, `h2_backend`, `kill_signal`, `kill_timeout_ms`, `replay_cache` rules, autostop (`auto_stop_machines`, `auto_start_machines`, `min_machines_running`, `idle_stop_ms`), `cold_start_ms`, `resume_ms`, `response_timeout_ms`, `health_check`, and the `front` address |
 //!
 //! Every refusal is a 4xx answer with a JSON body `{"error": "<message>"}`
 //! (`404` for an unknown Machine or endpoint, `409` for an action its state
@@ -212,22 +323,29 @@
 //! ## What is not simulated
 //! TLS (the front port speaks plain HTTP/1.1 and h2c; `X-Forwarded-Proto` says
 //! `https` as behind Fly's edge), several regions or apps (a replay to another app
-//! fails like PA04), `fly-prefer-region`/`fly-force-region`, health checks, autostop,
-//! suspend, 6PN (internal DNS answers only the `vms` TXT records), WebSockets over
-//! HTTP/2 (RFC 8441 extended CONNECT), h2c by `Upgrade: h2c`.
+//! fails like PA04), `fly-prefer-region`/`fly-force-region`, a new image
+//! (a deploy restarts the same app, so only Machine IDs, versions and
+//! lifecycles change), TCP or script health checks (`[checks]`,
+//! `[[services.tcp_checks]]`), autostop's exact timing, 6PN (internal DNS
+//! answers only the `vms` TXT records), WebSockets over HTTP/2 (RFC 8441
+//! extended CONNECT), h2c by `Upgrade: h2c`.
 
 mod admin;
+mod autostop;
 mod balance;
 mod body;
 mod cache;
 mod config;
 mod deliver;
+mod deploy;
 mod dns;
 mod errors;
 mod events;
+mod faults;
 mod fleet;
 mod flytoml;
 mod headers;
+mod health;
 mod machine;
 mod plan;
 mod proxy;
@@ -236,14 +354,18 @@ pub mod replay;
 mod sim;
 mod upstream;
 
+pub use autostop::AutoStop;
 pub use balance::Balance;
 pub use cache::{
     CacheKeyKind, MIN_TTL as REPLAY_CACHE_MIN_TTL, ManualClock, ReplayCacheRule, ReplayCacheStats,
     RuleError,
 };
-pub use config::Config;
+pub use config::{Config, DEFAULT_IDLE_STOP, DEFAULT_RESPONSE_TIMEOUT};
+pub use deploy::{DeployState, DeployStatus, ScaleOutcome, Strategy};
 pub use events::{Event, EventKind};
+pub use faults::{FaultInfo, FaultKind, MAX_FAULT};
 pub use flytoml::FlyToml;
+pub use health::HealthCheck;
 pub use machine::{
     ChildOutput, Instance, Launch, LaunchFn, LaunchFuture, MachineEnv, MachineInfo, MachineState,
     Signal,
@@ -255,3 +377,6 @@ pub const REPLAY_BODY_LIMIT: usize = 1_000_000;
 
 /// How many times one request may be replayed; one more `fly-replay` is error PA02.
 pub const MAX_REPLAYS: usize = 10;
+
+/// The most Machines flysim runs at once (start-up, `scale`): 100.
+pub const MAX_MACHINES: usize = 100;

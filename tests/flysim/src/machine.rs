@@ -62,16 +62,22 @@ pub enum MachineState {
     Started,
     /// Not running; started again by a request routed to it (autostart).
     Stopped,
+    /// Suspended by autostop (`auto_stop_machines = "suspend"`): out of the
+    /// rotation, its process frozen (`SIGSTOP`; an in-process instance just
+    /// gets no requests) with its memory kept; a request routed to it
+    /// resumes it, faster than a cold start.
+    Suspended,
     /// Gone for good: its ID is unknown to routing.
     Destroyed,
 }
 
 impl MachineState {
-    /// Lowercase name (`started`, `stopped`, `destroyed`).
+    /// Lowercase name (`started`, `stopped`, `suspended`, `destroyed`).
     pub fn as_str(self) -> &'static str {
         match self {
             MachineState::Started => "started",
             MachineState::Stopped => "stopped",
+            MachineState::Suspended => "suspended",
             MachineState::Destroyed => "destroyed",
         }
     }
@@ -109,6 +115,19 @@ pub struct MachineInfo {
     /// Idempotent requests sent again on a new connection because a kept-alive
     /// connection to this Machine closed before any answer (see the proxy docs).
     pub retries: u64,
+    /// The app version it runs: 1 at first, the deploy's number after a
+    /// deploy updated or created it.
+    pub version: u64,
+    /// Being updated or replaced by a deploy: out of the rotation, and not
+    /// autostarted.
+    pub updating: bool,
+    /// Its last health check: `None` before any (or with no checks), then
+    /// whether it passed. A failing Machine is left out of the rotation.
+    pub healthy: Option<bool>,
+    /// Requests (and WebSocket tunnels) in flight to it now.
+    pub in_flight: u64,
+    /// Its network fault, while one lasts.
+    pub fault: Option<crate::faults::FaultInfo>,
 }
 
 /// A Unix signal flysim can send to a Machine (Fly's Machines API
@@ -208,32 +227,46 @@ impl Signaller {
                 hook(signal);
                 Ok(())
             }
-            Signaller::Process { pid, exited } => {
-                if exited.load(Ordering::SeqCst) {
-                    return Err(io::Error::other(format!("process {pid} has exited")));
-                }
-                // `kill` rather than libc: no unsafe code in this crate.
-                let status = tokio::process::Command::new("kill")
-                    .args(["-s", &signal.as_str()[3..], &pid.to_string()])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .await?;
-                if status.success() {
-                    Ok(())
-                } else {
-                    Err(io::Error::other(format!(
-                        "kill -s {} {pid} failed ({status})",
-                        &signal.as_str()[3..]
-                    )))
-                }
-            }
+            Signaller::Process { pid, exited } => kill(*pid, exited, &signal.as_str()[3..]).await,
             Signaller::Unsupported => Err(io::Error::new(
                 io::ErrorKind::Unsupported,
                 "this in-process instance takes no signals (see Instance::on_signal)",
             )),
         }
+    }
+
+    /// Freezes (`freeze`) or thaws a child process (`SIGSTOP`/`SIGCONT`), for
+    /// a suspend; an in-process instance is left running (it simply gets no
+    /// requests while suspended).
+    pub(crate) async fn freeze(&self, freeze: bool) -> io::Result<()> {
+        match self {
+            Signaller::Process { pid, exited } => {
+                kill(*pid, exited, if freeze { "STOP" } else { "CONT" }).await
+            }
+            Signaller::Hook(_) | Signaller::Unsupported => Ok(()),
+        }
+    }
+}
+
+/// `kill -s <name> <pid>`, unless the process has exited.
+async fn kill(pid: u32, exited: &AtomicBool, name: &str) -> io::Result<()> {
+    if exited.load(Ordering::SeqCst) {
+        return Err(io::Error::other(format!("process {pid} has exited")));
+    }
+    // `kill` rather than libc: no unsafe code in this crate.
+    let status = tokio::process::Command::new("kill")
+        .args(["-s", name, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "kill -s {name} {pid} failed ({status})"
+        )))
     }
 }
 

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use flysim::{Balance, ChildOutput, Config, FlySim, FlyToml, Launch, ReplayCacheRule, Signal};
+use flysim::{
+    AutoStop, Balance, ChildOutput, Config, FlySim, FlyToml, Launch, ReplayCacheRule, Signal,
+};
 
 /// Run a command as N simulated Fly.io Machines behind a local imitation of Fly's
 /// HTTP proxy (fly-replay, autostart, per-Machine counts).
@@ -41,9 +43,49 @@ struct Args {
     /// Disable the admin interface.
     #[arg(long)]
     no_admin: bool,
-    /// Delay before an autostarted Machine is launched, in milliseconds (Fly: ~1300).
+    /// Delay before a Machine flysim starts on its own (autostart, deploy,
+    /// scale) is launched, in milliseconds (Fly: ~1300).
     #[arg(long, default_value_t = 0)]
     cold_start_ms: u64,
+    /// How long a suspended Machine takes to resume, in milliseconds
+    /// [default: a quarter of --cold-start-ms].
+    #[arg(long)]
+    resume_ms: Option<u64>,
+    /// Stop or suspend idle Machines (fly.toml's auto_stop_machines)
+    /// [default: off, or the fly.toml's].
+    #[arg(long, value_parser = parse_auto_stop)]
+    auto_stop: Option<AutoStop>,
+    /// Do not start stopped Machines for requests (auto_start_machines = false).
+    #[arg(long)]
+    no_auto_start: bool,
+    /// Autostop leaves at least this many Machines started (fly.toml's
+    /// min_machines_running) [default: 0, or the fly.toml's].
+    #[arg(long)]
+    min_machines_running: Option<usize>,
+    /// How long a Machine must be idle (nothing in flight) before autostop
+    /// takes it down, in milliseconds.
+    #[arg(long, default_value_t = flysim::DEFAULT_IDLE_STOP.as_millis() as u64)]
+    idle_stop_ms: u64,
+    /// Check every started Machine with GET on this path, leaving failing
+    /// ones out of the rotation (fly.toml's [[http_service.checks]] path).
+    #[arg(long)]
+    health_check_path: Option<String>,
+    /// How often health checks run, in milliseconds [default: 1000, or the
+    /// fly.toml check's interval].
+    #[arg(long)]
+    health_interval_ms: Option<u64>,
+    /// How long a health check may take, in milliseconds [default: 2000, or
+    /// the fly.toml check's timeout].
+    #[arg(long)]
+    health_timeout_ms: Option<u64>,
+    /// How long a deploy waits for a Machine to pass its health check, in
+    /// milliseconds.
+    #[arg(long, default_value_t = 60_000)]
+    deploy_check_timeout_ms: u64,
+    /// How long the proxy waits for a Machine's answer before a 502, in
+    /// milliseconds.
+    #[arg(long, default_value_t = flysim::DEFAULT_RESPONSE_TIMEOUT.as_millis() as u64)]
+    response_timeout_ms: u64,
     /// How long a strict replay to a destroyed Machine takes to fail, in milliseconds.
     #[arg(long, default_value_t = 7500)]
     dead_target_delay_ms: u64,
@@ -138,6 +180,36 @@ async fn main() -> ExitCode {
     if args.h2_backend {
         config = config.h2_backend(true);
     }
+    if let Some(mode) = args.auto_stop {
+        config = config.auto_stop(mode);
+    }
+    if args.no_auto_start {
+        config = config.auto_start(false);
+    }
+    if let Some(n) = args.min_machines_running {
+        config = config.min_machines_running(n);
+    }
+    if let Some(ms) = args.resume_ms {
+        config = config.resume(Duration::from_millis(ms));
+    }
+    let file_check = fly_toml.as_ref().and_then(|f| f.health_check.clone());
+    if args.health_check_path.is_some()
+        || args.health_interval_ms.is_some()
+        || args.health_timeout_ms.is_some()
+        || file_check.is_some()
+    {
+        let mut check = file_check.unwrap_or_default();
+        if let Some(path) = &args.health_check_path {
+            check.path = path.clone();
+        }
+        if let Some(ms) = args.health_interval_ms {
+            check.interval = Duration::from_millis(ms);
+        }
+        if let Some(ms) = args.health_timeout_ms {
+            check.timeout = Duration::from_millis(ms);
+        }
+        config = config.health_check(Some(check));
+    }
     let config = config
         .machines(args.machines)
         .front_addr(SocketAddr::new(args.host, args.port))
@@ -152,6 +224,9 @@ async fn main() -> ExitCode {
         .cold_start(Duration::from_millis(args.cold_start_ms))
         .dead_target_delay(Duration::from_millis(args.dead_target_delay_ms))
         .ready_timeout(Duration::from_millis(args.ready_timeout_ms))
+        .idle_stop(Duration::from_millis(args.idle_stop_ms))
+        .deploy_check_timeout(Duration::from_millis(args.deploy_check_timeout_ms))
+        .response_timeout(Duration::from_millis(args.response_timeout_ms))
         // Errors are reported through tracing below.
         .quiet(true)
         .log_requests(args.log_requests)
@@ -212,6 +287,23 @@ async fn main() -> ExitCode {
             "HTTP/1.1"
         }
     );
+    let c = sim.config();
+    println!(
+        "flysim: autostop {} (idle {:?}, min {} running), autostart {}, cold start {:?}, resume {:?}, response timeout {:?}",
+        c.auto_stop_mode(),
+        c.idle_stop_time(),
+        c.min_running(),
+        if c.auto_start_on() { "on" } else { "off" },
+        c.cold_start_time(),
+        c.resume_time(),
+        c.response_timeout_time(),
+    );
+    if let Some(check) = c.health_check_settings() {
+        println!(
+            "flysim: health check GET {} every {:?} (timeout {:?})",
+            check.path, check.interval, check.timeout
+        );
+    }
     if let Some(admin) = sim.admin_addr() {
         println!("flysim: admin http://{admin}");
     }
@@ -240,6 +332,10 @@ async fn main() -> ExitCode {
     sim.shutdown().await;
     print!("{report}");
     code
+}
+
+fn parse_auto_stop(s: &str) -> Result<AutoStop, String> {
+    s.parse()
 }
 
 #[cfg(unix)]

@@ -470,8 +470,12 @@ impl Shared {
         let upgrade_header = resp.headers().get(header::UPGRADE).cloned();
         if switching && let Some(client) = ctx.upgrade.take() {
             let backend = hyper::upgrade::on(&mut resp);
-            let shutdown = self.shutdown.subscribe();
-            tokio::spawn(tunnel(client, backend, shutdown));
+            let ends = TunnelEnds {
+                shutdown: self.shutdown.subscribe(),
+                resets: self.fleet.resets(machine),
+                busy: self.fleet.busy(machine),
+            };
+            tokio::spawn(tunnel(client, backend, ends));
         }
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
@@ -487,23 +491,43 @@ impl Shared {
     }
 }
 
+/// What ends a tunnel besides its connections: flysim shutting down, or a
+/// reset fault on its Machine; and the Machine's in-flight mark it holds
+/// (an open WebSocket keeps its Machine from autostop).
+struct TunnelEnds {
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    resets: Option<tokio::sync::watch::Receiver<u64>>,
+    busy: crate::fleet::Busy,
+}
+
 /// Copies bytes both ways between an upgraded client connection and an upgraded
 /// Machine connection.
-async fn tunnel(
-    client: OnUpgrade,
-    backend: OnUpgrade,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+async fn tunnel(client: OnUpgrade, backend: OnUpgrade, ends: TunnelEnds) {
+    let TunnelEnds {
+        mut shutdown,
+        resets,
+        busy,
+    } = ends;
     let (client, backend) = tokio::join!(client, backend);
     let (Ok(client), Ok(backend)) = (client, backend) else {
         return;
     };
     let mut client = TokioIo::new(client);
     let mut backend = TokioIo::new(backend);
+    let reset = async {
+        match resets {
+            Some(mut r) => {
+                let _ = r.changed().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = tokio::io::copy_bidirectional(&mut client, &mut backend) => {}
         _ = shutdown.changed() => {}
+        _ = reset => {}
     }
+    drop(busy);
 }
 
 #[cfg(test)]

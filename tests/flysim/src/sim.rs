@@ -14,10 +14,13 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Config;
+use crate::autostop::AutoStop;
 use crate::balance::{Balancer, Pick};
 use crate::cache::{ReplayCacheStats, Store};
-use crate::events::{Event, EventLog};
-use crate::fleet::Fleet;
+use crate::deploy::{DeployStatus, Operations, ScaleOutcome, Strategy};
+use crate::events::{Event, EventKind, EventLog};
+use crate::faults::{FaultKind, MAX_FAULT};
+use crate::fleet::{Fleet, StartKind};
 use crate::headers::ConnInfo;
 use crate::machine::{Launch, MachineInfo, Signal};
 use crate::upstream::{H2c, Http1, Upstream};
@@ -36,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// The replay cache (rules, entries, counters).
     cache: Mutex<Store>,
+    /// Deploys and scales (one at a time) and the last deploy's status.
+    pub(crate) operations: Operations,
 }
 
 impl Shared {
@@ -54,7 +59,83 @@ impl Shared {
             config,
             events,
             shutdown,
+            operations: Operations::default(),
         })
+    }
+
+    /// Gives Machine `id` a network fault for `lasting`, recorded as
+    /// [`EventKind::Fault`] events when it begins and when it ends.
+    pub(crate) fn set_fault(
+        self: &Arc<Self>,
+        id: &str,
+        kind: FaultKind,
+        lasting: Duration,
+    ) -> io::Result<()> {
+        if lasting.is_zero() || lasting > MAX_FAULT {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a fault lasts from 1 ms to {} ms, not {} ms",
+                    MAX_FAULT.as_millis(),
+                    lasting.as_millis()
+                ),
+            ));
+        }
+        if let FaultKind::Delay(d) = kind
+            && (d.is_zero() || d > MAX_FAULT)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("a delay is from 1 ms to {} ms", MAX_FAULT.as_millis()),
+            ));
+        }
+        let number = self.fleet.set_fault(id, kind, lasting)?;
+        self.events.record(
+            EventKind::Fault,
+            None,
+            None,
+            Some(id),
+            format!(
+                "fault {number} on Machine {id} began: {kind} for {} ms",
+                lasting.as_millis()
+            ),
+        );
+        let me = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(lasting).await;
+            if me.fleet.clear_fault(&id, Some(number)) {
+                me.events.record(
+                    EventKind::Fault,
+                    None,
+                    None,
+                    Some(&id),
+                    format!("fault {number} on Machine {id} ended: {kind}"),
+                );
+            }
+        });
+        Ok(())
+    }
+
+    /// Ends Machine `id`'s fault now; whether it had one.
+    pub(crate) fn clear_fault(&self, id: &str) -> io::Result<bool> {
+        if !self.fleet.machines().iter().any(|m| m.id == id) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no Machine {id:?}"),
+            ));
+        }
+        let cleared = self.fleet.clear_fault(id, None);
+        if cleared {
+            self.events.record(
+                EventKind::Fault,
+                None,
+                None,
+                Some(id),
+                format!("the fault on Machine {id} was cleared"),
+            );
+        }
+        Ok(cleared)
     }
 
     /// The replay cache, locked (never held across an await).
@@ -144,7 +225,9 @@ impl FlySim {
         // DNS answers from the start: booting Machines look their peers up.
         let dns_task = dns.map(|dns| tokio::spawn(crate::dns::serve(shared.clone(), dns)));
         let ids: Vec<String> = (0..n).map(|_| shared.fleet.create_slot()).collect();
-        let starts = ids.iter().map(|id| shared.fleet.start_inner(id, false));
+        let starts = ids
+            .iter()
+            .map(|id| shared.fleet.start_inner(id, StartKind::Direct));
         let results = futures_util::future::join_all(starts).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
             if let Some(task) = &dns_task {
@@ -155,6 +238,12 @@ impl FlySim {
         }
         let mut tasks = vec![tokio::spawn(serve_front(shared.clone(), front))];
         tasks.extend(dns_task);
+        if let Some(check) = shared.config.health_check.clone() {
+            tasks.push(tokio::spawn(crate::health::run(shared.clone(), check)));
+        }
+        if shared.config.auto_stop != AutoStop::Off {
+            tasks.push(tokio::spawn(crate::autostop::run(shared.clone())));
+        }
         if let Some(admin) = admin {
             tasks.push(tokio::spawn(crate::admin::serve(
                 shared.clone(),
@@ -254,6 +343,59 @@ impl FlySim {
     /// Adds a new Machine (new random ID), starts it and returns its ID.
     pub async fn add_machine(&self) -> io::Result<String> {
         self.shared.fleet.add_machine().await
+    }
+
+    /// Begins a deploy with `strategy` in the background (see [`Strategy`]);
+    /// returns its number (the version it deploys). Refused while a deploy
+    /// or a scale is under way. Follow it with [`FlySim::deploy_status`],
+    /// [`FlySim::wait_deploy`] or the [`EventKind::Deploy`] events.
+    pub fn start_deploy(&self, strategy: Strategy) -> io::Result<u64> {
+        self.shared.begin_deploy(strategy)
+    }
+
+    /// Deploys with `strategy` and waits for the end: the final status
+    /// (which says whether it succeeded).
+    pub async fn deploy(&self, strategy: Strategy) -> io::Result<DeployStatus> {
+        self.shared.begin_deploy(strategy)?;
+        self.wait_deploy()
+            .await
+            .ok_or_else(|| io::Error::other("the deploy left no status"))
+    }
+
+    /// The running or last deploy, if any.
+    pub fn deploy_status(&self) -> Option<DeployStatus> {
+        self.shared.operations.status()
+    }
+
+    /// Waits until no deploy runs; the last deploy's status, if any.
+    pub async fn wait_deploy(&self) -> Option<DeployStatus> {
+        self.shared.operations.wait().await
+    }
+
+    /// Adds Machines (new IDs, started after the cold start) or destroys
+    /// some until `count` (1 to [`MAX_MACHINES`](crate::MAX_MACHINES)) are
+    /// not destroyed, like `fly scale count`; stopped Machines are
+    /// destroyed first, then the newest. Refused during a deploy.
+    pub async fn scale(&self, count: usize) -> io::Result<ScaleOutcome> {
+        self.shared.scale(count).await
+    }
+
+    /// Gives Machine `id` a network fault for `lasting` (1 ms to an hour),
+    /// replacing any it has (see [`FaultKind`]).
+    pub fn fault(&self, id: &str, kind: FaultKind, lasting: Duration) -> io::Result<()> {
+        self.shared.set_fault(id, kind, lasting)
+    }
+
+    /// Ends Machine `id`'s fault now; whether it had one.
+    pub fn clear_fault(&self, id: &str) -> io::Result<bool> {
+        self.shared.clear_fault(id)
+    }
+
+    /// Suspends a started Machine, as autostop's `suspend` does: out of the
+    /// rotation, its process frozen with its memory; a request routed to it
+    /// resumes it after [`Config::resume`].
+    pub async fn suspend_machine(&self, id: &str) -> io::Result<()> {
+        self.shared.fleet.suspend_machine(id).await
     }
 
     /// Everything recorded so far (the newest 10,000 events).

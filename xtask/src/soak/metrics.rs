@@ -102,7 +102,7 @@ pub(crate) struct Record {
     pub(crate) outcome: Outcome,
 }
 
-/// The three faults.
+/// The faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum FaultKind {
     /// The Machine is destroyed.
@@ -111,6 +111,15 @@ pub(crate) enum FaultKind {
     StopStart,
     /// The Machine gets SIGTERM (drains), exits, and is started again.
     Drain,
+    /// The Machine leaves the proxy's rotation and comes back with its ID
+    /// (a deploy updating it, autostop, a failed health check).
+    Out,
+    /// Its connections are reset.
+    Reset,
+    /// Its answers are delayed.
+    Delay,
+    /// Requests to it are accepted and never answered.
+    Blackhole,
 }
 
 impl FaultKind {
@@ -119,7 +128,20 @@ impl FaultKind {
             FaultKind::Destroy => "destroy",
             FaultKind::StopStart => "stop, then start",
             FaultKind::Drain => "drain (SIGTERM), exit, start",
+            FaultKind::Out => "out of the rotation, then back",
+            FaultKind::Reset => "network fault: reset",
+            FaultKind::Delay => "network fault: delay",
+            FaultKind::Blackhole => "network fault: blackhole",
         }
+    }
+
+    /// Whether the Machine's clients must move (or wait for it) while it
+    /// lasts: they are counted as stranded until served.
+    fn strands(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Out | FaultKind::Reset | FaultKind::Blackhole
+        )
     }
 }
 
@@ -187,6 +209,18 @@ pub(crate) struct Figures {
     pub(crate) stop_total: usize,
     /// A few examples of what went wrong, for the report.
     pub(crate) samples: Vec<String>,
+    /// Requests the fault itself made unanswerable (not lost): a request
+    /// delivered to a blackholed Machine (answered 502 at the proxy's
+    /// response timeout), a WebSocket session cut by a reset.
+    pub(crate) unanswerable: usize,
+    /// WebSocket sessions of clients whose Machine was out (destroyed, out
+    /// of the rotation, faulty) when they opened it, and those that ran on a
+    /// live Machine.
+    pub(crate) ws_moved: usize,
+    pub(crate) ws_moved_ok: usize,
+    /// Whether the faults must strand some clients (a scenario that
+    /// destroys or updates Machines); without, none stranded is fine.
+    pub(crate) stranding_expected: bool,
 }
 
 /// How many examples of failures are kept.
@@ -224,7 +258,7 @@ impl Figures {
     }
 
     /// The targets, each with whether it is met.
-    pub(crate) fn targets(&self) -> [(&'static str, bool); 3] {
+    pub(crate) fn targets(&self) -> [(&'static str, bool); 4] {
         [
             (
                 "affinity 100% outside fault windows",
@@ -233,7 +267,12 @@ impl Figures {
             ("0 requests lost", self.lost() == 0),
             (
                 "every stranded client re-pinned on its next request",
-                !self.stranded.is_empty() && self.repinned_first() == self.stranded.len(),
+                (!self.stranded.is_empty() || !self.stranding_expected)
+                    && self.repinned_first() == self.stranded.len(),
+            ),
+            (
+                "WebSocket clients reconnect to a live Machine",
+                self.ws_moved_ok == self.ws_moved,
             ),
         ]
     }
@@ -261,6 +300,10 @@ impl Figures {
         self.drained.extend_from_slice(&other.drained);
         self.stop_kept += other.stop_kept;
         self.stop_total += other.stop_total;
+        self.unanswerable += other.unanswerable;
+        self.ws_moved += other.ws_moved;
+        self.ws_moved_ok += other.ws_moved_ok;
+        self.stranding_expected |= other.stranding_expected;
         for s in &other.samples {
             if self.samples.len() < SAMPLES {
                 self.samples.push(s.clone());
@@ -273,10 +316,67 @@ fn secs(d: Duration) -> String {
     format!("{:.3}s", d.as_secs_f64())
 }
 
+/// Why the fault itself made `r` unanswerable, if it did: it was
+/// delivered to a blackholed Machine (the proxy answers 502 at its response
+/// timeout), or it is a WebSocket session open when a reset cut it.
+pub(crate) fn unanswerable(r: &Record, faults: &[Fault]) -> Option<&'static str> {
+    let failed = !matches!(r.outcome, Outcome::Ok { .. });
+    if !failed {
+        return None;
+    }
+    let timed_out = matches!(&r.outcome, Outcome::ServerError { status: 502, detail }
+        if detail.contains("did not answer"));
+    for x in faults {
+        match x.kind {
+            FaultKind::Blackhole if timed_out && r.start >= x.start && r.start < x.settled => {
+                return Some(
+                    "delivered to a blackholed Machine: 502 at the proxy's response timeout",
+                );
+            }
+            FaultKind::Reset
+                if r.kind == Kind::WebSocket && r.start < x.start && r.end >= x.start =>
+            {
+                return Some("a WebSocket session cut by a reset");
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Computes the figures of one run; `stranding_expected` when its faults
+/// must strand clients.
+pub(crate) fn compute_for(
+    records: &[Record],
+    faults: &[Fault],
+    stranding_expected: bool,
+) -> Figures {
+    let mut f = compute(records, faults);
+    f.stranding_expected = stranding_expected;
+    f
+}
+
+/// The 99th percentile of the latency (send to complete answer) of the
+/// requests sent in `from..to`, if any.
+pub(crate) fn p99(records: &[Record], from: Duration, to: Duration) -> Option<Duration> {
+    let mut took: Vec<Duration> = records
+        .iter()
+        .filter(|r| r.start >= from && r.start < to)
+        .map(|r| r.end.saturating_sub(r.start))
+        .collect();
+    if took.is_empty() {
+        return None;
+    }
+    took.sort();
+    let i = (took.len() * 99).div_ceil(100).saturating_sub(1);
+    Some(took[i.min(took.len() - 1)])
+}
+
 /// Computes the figures of one run.
 pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
     let mut f = Figures {
         requests: records.len(),
+        stranding_expected: faults.iter().any(|x| x.kind == FaultKind::Destroy),
         ..Figures::default()
     };
     let sample = |f: &mut Figures, text: String| {
@@ -290,6 +390,22 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
         .collect();
     for r in records {
         *f.by_kind.entry(r.kind).or_default() += 1;
+        if let Some(why) = unanswerable(r, faults) {
+            f.unanswerable += 1;
+            let _ = why;
+            continue;
+        }
+        if r.kind == Kind::WebSocket
+            && let Some(pin) = r.pin_before.as_deref()
+            && faults.iter().any(|x| {
+                x.machine == pin
+                    && x.effective <= r.start
+                    && (x.kind == FaultKind::Destroy || (x.kind.strands() && r.start < x.settled))
+            })
+        {
+            f.ws_moved += 1;
+            f.ws_moved_ok += usize::from(matches!(r.outcome, Outcome::Ok { .. }));
+        }
         match &r.outcome {
             Outcome::Ok { .. } => {}
             Outcome::ServerError { status, detail } => {
@@ -358,6 +474,10 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
     for list in visitors.values_mut() {
         list.sort_by_key(|r| r.start);
     }
+    // A Machine can be out for two reasons at once (a network fault and the
+    // failing health check it causes): each stranded client counts once.
+    let mut counted: std::collections::BTreeSet<(u64, &str, Duration)> =
+        std::collections::BTreeSet::new();
     for fault in faults {
         match fault.kind {
             FaultKind::Destroy => {
@@ -386,6 +506,49 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
                     f.stranded.push(moved);
                 }
             }
+            FaultKind::Out | FaultKind::Reset | FaultKind::Blackhole => {
+                for list in visitors.values() {
+                    let Some(first) = list.iter().position(|r| r.start >= fault.effective) else {
+                        continue;
+                    };
+                    let r0 = list[first];
+                    if r0.start >= fault.settled
+                        || r0.pin_before.as_deref() != Some(fault.machine.as_str())
+                        || !counted.insert((r0.visitor, fault.machine.as_str(), r0.start))
+                    {
+                        continue;
+                    }
+                    let home = |r: &Record| {
+                        unanswerable(r, faults).is_none()
+                            && (r.outcome.served_by() == Some(fault.machine.as_str())
+                                || r.outcome.repinned_to().is_some_and(|m| m != fault.machine))
+                    };
+                    let skip = |r: &Record| unanswerable(r, faults).is_some();
+                    let Some(moved) = requests_until_skipping(list, fault, None, home, skip) else {
+                        continue;
+                    };
+                    if moved.requests != Some(1) {
+                        let trail: Vec<String> = list
+                            .iter()
+                            .filter(|r| r.start >= fault.effective)
+                            .take(moved.requests.unwrap_or(3) + moved.unrouted)
+                            .map(|r| describe(r))
+                            .collect();
+                        sample(
+                            &mut f,
+                            format!(
+                                "client of {} ({}) needed {:?} requests: {}",
+                                &fault.machine[..6.min(fault.machine.len())],
+                                fault.kind.name(),
+                                moved.requests,
+                                trail.join(", then ")
+                            ),
+                        );
+                    }
+                    f.stranded.push(moved);
+                }
+            }
+            FaultKind::Delay => {}
             FaultKind::Drain => {
                 for list in visitors.values() {
                     if let Some(moved) = requests_until(list, fault, Some(fault.settled), |r| {
@@ -454,6 +617,18 @@ fn requests_until(
     until: Option<Duration>,
     home: impl Fn(&Record) -> bool,
 ) -> Option<Moved> {
+    requests_until_skipping(list, fault, until, home, |_| false)
+}
+
+/// [`requests_until`], not counting the requests `skip` says (ones the
+/// fault itself made unanswerable).
+fn requests_until_skipping(
+    list: &[&Record],
+    fault: &Fault,
+    until: Option<Duration>,
+    home: impl Fn(&Record) -> bool,
+    skip: impl Fn(&Record) -> bool,
+) -> Option<Moved> {
     let first = list.iter().position(|r| r.start >= fault.effective)?;
     if list[first].pin_before.as_deref() != Some(fault.machine.as_str()) {
         return None;
@@ -467,6 +642,9 @@ fn requests_until(
     for r in &list[first..] {
         if until.is_some_and(|t| r.start >= t) {
             break;
+        }
+        if skip(r) {
+            continue;
         }
         let at_home = home(r);
         if !at_home && r.kind.unreplayable() && !r.routed {
@@ -713,7 +891,84 @@ mod tests {
             (all.requests, all.affinity_home, all.affinity_total),
             (2, 2, 2)
         );
-        // No stranded client at all: the re-pin target is not shown to hold.
+        // No stranded client at all: the re-pin target is not shown to
+        // hold where the faults must strand some.
+        assert!(all.met());
+        all.stranding_expected = true;
         assert!(!all.met());
+    }
+
+    #[test]
+    fn blackholed_timeouts_and_reset_websockets_are_unanswerable_not_lost() {
+        let timeout = Record {
+            outcome: Outcome::ServerError {
+                status: 502,
+                detail: "502 [] \"Machine c did not answer GET / within 2s\"".into(),
+            },
+            ..ok(1, 120, Some(A), A, None)
+        };
+        let other_502 = Record {
+            outcome: Outcome::ServerError {
+                status: 502,
+                detail: "PR04".into(),
+            },
+            ..ok(2, 120, Some(A), A, None)
+        };
+        let cut = Record {
+            kind: Kind::WebSocket,
+            end: ms(205),
+            outcome: Outcome::ConnectionFailure {
+                detail: "reset".into(),
+            },
+            ..ok(3, 195, Some(B), B, None)
+        };
+        let faults = [
+            fault(FaultKind::Blackhole, C, 100, 100, 150),
+            fault(FaultKind::Reset, B, 200, 200, 300),
+        ];
+        let f = compute(&[timeout, other_502, cut], &faults);
+        assert_eq!(f.unanswerable, 2);
+        assert_eq!(f.lost(), 1);
+    }
+
+    #[test]
+    fn clients_of_a_machine_out_of_the_rotation_are_stranded_until_served() {
+        let records = vec![
+            // Re-pinned elsewhere on the first request in the window.
+            ok(1, 120, Some(A), B, Some(B)),
+            // Served by its own Machine once back: home too.
+            ok(2, 190, Some(A), A, None),
+            // A WebSocket session moved to a live Machine.
+            Record {
+                kind: Kind::WebSocket,
+                ..ok(3, 130, Some(A), C, Some(C))
+            },
+            // Served elsewhere without a re-pin: not home.
+            ok(4, 140, Some(A), B, None),
+            // Its first request after the window: not stranded.
+            ok(5, 250, Some(A), A, None),
+        ];
+        // The same outage seen twice (a fault, and the failing health check
+        // it causes) counts each client once.
+        let faults = [
+            fault(FaultKind::Out, A, 100, 100, 200),
+            fault(FaultKind::Reset, A, 100, 100, 200),
+        ];
+        let f = compute_for(&records, &faults, true);
+        let homes: Vec<Option<usize>> = f.stranded.iter().map(|m| m.requests).collect();
+        assert_eq!(homes, [Some(1), Some(1), Some(1), None]);
+        assert_eq!((f.ws_moved, f.ws_moved_ok), (1, 1));
+        assert!(!f.targets()[2].1);
+    }
+
+    #[test]
+    fn p99_takes_the_requests_sent_in_the_phase() {
+        let mut records: Vec<Record> = (0..100).map(|i| ok(1, i, None, A, None)).collect();
+        for (i, r) in records.iter_mut().enumerate() {
+            r.end = r.start + ms(i as u64 + 1);
+        }
+        assert_eq!(p99(&records, ms(0), ms(100)), Some(ms(99)));
+        assert_eq!(p99(&records, ms(0), ms(10)), Some(ms(10)));
+        assert_eq!(p99(&records, ms(500), ms(600)), None);
     }
 }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::metrics::{Figures, Kind, Moved};
+use super::scenario::Scenario;
 use super::traffic::{CHURN_PERCENT, MIX, WS_MESSAGES};
 use super::{Options, Run};
 use crate::machine::{Machine, duration};
@@ -66,7 +67,7 @@ fn max_to_repin(f: &Figures) -> String {
 }
 
 /// The figures of every run and all together, one row each.
-fn rows(runs: &[Run]) -> Vec<[String; 11]> {
+fn rows_of(runs: &[&Run]) -> Vec<[String; 11]> {
     let mut total = Figures::default();
     let (mut replays, mut time) = (0u64, Duration::ZERO);
     let mut rows = Vec::new();
@@ -75,7 +76,7 @@ fn rows(runs: &[Run]) -> Vec<[String; 11]> {
         replays += run.replays;
         time += run.traffic_time;
         rows.push(row(
-            &run.framework,
+            &name(run, runs),
             &run.figures,
             run.replays_per_request(),
             run.traffic_time,
@@ -92,6 +93,16 @@ fn rows(runs: &[Run]) -> Vec<[String; 11]> {
     rows
 }
 
+/// The run's name in a table: its framework, and its scenario when the
+/// table has several.
+fn name(run: &Run, runs: &[&Run]) -> String {
+    if runs.iter().all(|r| r.scenario == run.scenario) {
+        run.framework.clone()
+    } else {
+        format!("{} {}", run.scenario.name(), run.framework)
+    }
+}
+
 fn row(name: &str, f: &Figures, replays: f64, time: Duration) -> [String; 11] {
     [
         name.to_owned(),
@@ -100,7 +111,7 @@ fn row(name: &str, f: &Figures, replays: f64, time: Duration) -> [String; 11] {
         affinity(f),
         f.server_errors.to_string(),
         f.connection_failures.to_string(),
-        f.lost().to_string(),
+        format!("{} ({} by the fault)", f.lost(), f.unanswerable),
         repinned(f),
         max_to_repin(f),
         format!("{replays:.3}"),
@@ -115,7 +126,7 @@ const HEAD: [&str; 11] = [
     "affinity outside fault windows",
     "5xx",
     "connection failures",
-    "lost",
+    "lost (unanswerable)",
     "stranded clients re-pinned on their next request",
     "most requests to re-pin",
     "replays / request",
@@ -133,15 +144,22 @@ const CACHE_HEAD: [&str; 7] = [
 ];
 
 /// Cache off beside cache on, per framework that ran both ways.
-fn cache_rows(runs: &[Run]) -> Vec<[String; 7]> {
+fn cache_rows(runs: &[&Run]) -> Vec<[String; 7]> {
     let mut rows = Vec::new();
     for on in runs.iter().filter(|r| r.cache.is_some()) {
-        let Some(off) = runs.iter().find(|r| r.cache.is_none() && r.base == on.base) else {
+        let Some(off) = runs
+            .iter()
+            .find(|r| r.cache.is_none() && r.base == on.base && r.scenario == on.scenario)
+        else {
             continue;
         };
         let hits = on.cache.map_or(0, |c| c.hits);
         rows.push([
-            on.base.clone(),
+            if runs.iter().all(|r| r.scenario == on.scenario) {
+                on.base.clone()
+            } else {
+                format!("{} {}", on.scenario.name(), on.base)
+            },
             format!("{:.3}", off.replays_per_request()),
             format!("{:.3}", on.replays_per_request()),
             format!("{:.3}", hits as f64 / on.figures.requests.max(1) as f64),
@@ -179,7 +197,8 @@ fn aligned<const N: usize>(head: [&str; N], rows: &[[String; N]]) -> String {
 
 /// The cache comparison for the terminal (empty unless both ways ran).
 pub(crate) fn cache_table(runs: &[Run]) -> String {
-    let rows = cache_rows(runs);
+    let runs: Vec<&Run> = runs.iter().collect();
+    let rows = cache_rows(&runs);
     if rows.is_empty() {
         return String::new();
     }
@@ -188,20 +207,59 @@ pub(crate) fn cache_table(runs: &[Run]) -> String {
 
 /// The table for the terminal.
 pub(crate) fn table(runs: &[Run]) -> String {
-    aligned(HEAD, &rows(runs))
+    let runs: Vec<&Run> = runs.iter().collect();
+    aligned(HEAD, &rows_of(&runs))
+}
+
+/// The p99 latency of each phase, one row per run of a scenario.
+fn phase_table(runs: &[&Run]) -> Option<(Vec<String>, Vec<Vec<String>>)> {
+    let first = runs.first()?;
+    let mut head = vec!["framework".to_owned()];
+    head.extend(first.phases.iter().map(|(p, _)| p.name.clone()));
+    let rows = runs
+        .iter()
+        .map(|run| {
+            let mut row = vec![run.framework.clone()];
+            for name in &head[1..] {
+                let cell = run
+                    .phases
+                    .iter()
+                    .find(|(p, _)| &p.name == name)
+                    .map_or_else(
+                        || "-".to_owned(),
+                        |(p, p99)| match p99 {
+                            Some(d) => format!(
+                                "{} ms ({:.1} s)",
+                                d.as_millis(),
+                                p.end.saturating_sub(p.start).as_secs_f64()
+                            ),
+                            None => {
+                                format!("- ({:.1} s)", p.end.saturating_sub(p.start).as_secs_f64())
+                            }
+                        },
+                    );
+                row.push(cell);
+            }
+            row
+        })
+        .collect();
+    Some((head, rows))
 }
 
 /// One line per framework as it finishes.
 pub(crate) fn summary_line(run: &Run) -> String {
     let f = &run.figures;
     let mut s = format!(
-        "    {} requests in {}: affinity {}, {} errors, {} lost, stranded re-pinned on the next request {}, {:.3} replays/request: {}",
+        "    {} requests in {}: affinity {}, {} errors, {} lost ({} unanswerable by the fault), stranded re-pinned on the next request {}, WebSocket sessions of moved clients on a live Machine {}/{}, {:.3} replays/request: {}",
         f.requests,
         duration(run.traffic_time),
         affinity(f),
         f.errors(),
         f.lost(),
+        f.unanswerable,
         repinned(f),
+        f.ws_moved_ok,
+        f.ws_moved,
         run.replays_per_request(),
         if run.met() {
             "targets met"
@@ -212,6 +270,18 @@ pub(crate) fn summary_line(run: &Run) -> String {
     if let Some(e) = &run.schedule_error {
         let _ = write!(s, "\n    faults: {e}");
     }
+    let phases: Vec<String> = run
+        .phases
+        .iter()
+        .map(|(p, p99)| {
+            format!(
+                "{} {}",
+                p.name,
+                p99.map_or_else(|| "-".to_owned(), |d| format!("{} ms", d.as_millis()))
+            )
+        })
+        .collect();
+    let _ = write!(s, "\n    p99 per phase: {}", phases.join(", "));
     for sample in &f.samples {
         let _ = write!(s, "\n    - {sample}");
     }
@@ -222,10 +292,10 @@ pub(crate) fn summary_line(run: &Run) -> String {
 pub(crate) fn verdicts(runs: &[Run]) -> String {
     let mut out = String::new();
     for (i, (target, _)) in Figures::default().targets().iter().enumerate() {
-        let missed: Vec<&str> = runs
+        let missed: Vec<String> = runs
             .iter()
             .filter(|r| !r.figures.targets()[i].1)
-            .map(|r| r.framework.as_str())
+            .map(full_name)
             .collect();
         if missed.is_empty() {
             let _ = writeln!(out, "target met: {target}");
@@ -236,8 +306,8 @@ pub(crate) fn verdicts(runs: &[Run]) -> String {
     for run in runs.iter().filter(|r| r.schedule_error.is_some()) {
         let _ = writeln!(
             out,
-            "{}: the faults did not all run: {}",
-            run.framework,
+            "{}: the scenario did not complete: {}",
+            full_name(run),
             run.schedule_error.as_deref().unwrap_or_default()
         );
     }
@@ -255,187 +325,77 @@ fn moved_summary(list: &[Moved]) -> (usize, usize, f64, usize) {
     (list.len(), moved.len(), mean, max)
 }
 
-/// RELIABILITY.md.
-pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> String {
-    let mut out = String::new();
-    let all_met = runs.iter().all(Run::met);
-    let _ = writeln!(out, "# Reliability\n");
-    let _ = writeln!(
-        out,
-        "What users see while Machines come and go: every example app as 3 Machines \
-         behind [flysim](tests/flysim) (the local Fly proxy), under a mixed load of \
-         concurrent browser-like clients, while one Machine is destroyed, one is \
-         stopped then started, and one is drained; each framework once without and once \
-         with Fly's replay cache (`+cache`). Figures of one run of `{}` ({}). \
-         This file is written by that task: re-run it rather than editing it.\n",
-        opts.command(),
-        info.host.date
-    );
-    if opts.quick {
+/// `scenario framework`, the name of a run across scenarios.
+fn full_name(run: &Run) -> String {
+    format!("{} {}", run.scenario.name(), run.framework)
+}
+
+/// The figures of one run's section.
+fn details(out: &mut String, run: &Run) {
+    let f = &run.figures;
+    let _ = writeln!(out, "#### {}\n", run.framework);
+    let mix: Vec<String> = Kind::ALL
+        .iter()
+        .map(|k| format!("{} {}", f.by_kind.get(k).copied().unwrap_or(0), k.name()))
+        .collect();
+    let _ = writeln!(out, "- requests: {}", mix.join(", "));
+    if let Some(c) = run.cache {
         let _ = writeln!(
             out,
-            "This was a `--quick` run (fewer clients and requests): the full run \
-             (`cargo xtask soak`) is the one to quote.\n"
+            "- replay cache: {} entries made, {} hits, {} misses, {} invalidations, {} replays not cached",
+            c.created, c.hits, c.misses, c.invalidations, c.not_cached
         );
     }
-
-    let _ = writeln!(out, "## Targets\n");
-    md_row(
-        &mut out,
-        &["target", "measured (all frameworks)", "verdict"].map(str::to_owned),
+    let _ = writeln!(
+        out,
+        "- {} requests overlapped a fault window; {} counted for affinity, {} of them served by the pinned Machine",
+        f.in_windows, f.affinity_total, f.affinity_home
     );
-    md_row(&mut out, &["---", "---", "---"].map(str::to_owned));
-    let mut total = Figures::default();
-    for run in runs {
-        total.merge(&run.figures);
-    }
-    let measured = [
-        affinity(&total),
-        format!(
-            "{} lost of {} requests ({} client-visible errors)",
-            total.lost(),
-            total.requests,
-            total.errors()
-        ),
-        format!(
-            "{} of {} stranded clients (most requests needed: {})",
-            total.repinned_first(),
-            total.stranded.len(),
-            max_to_repin(&total)
-        ),
-    ];
-    for (i, (target, _)) in Figures::default().targets().iter().enumerate() {
-        let missed: Vec<&str> = runs
-            .iter()
-            .filter(|r| !r.figures.targets()[i].1)
-            .map(|r| r.framework.as_str())
-            .collect();
-        let verdict = if missed.is_empty() {
-            "**met**".to_owned()
+    let _ = writeln!(
+        out,
+        "- flysim: {} answers from Machines for {} requests, {} replays followed, {} fallbacks, {} idempotent requests sent again on a new connection, {} errors of its own{}",
+        run.served,
+        f.requests,
+        run.replays,
+        run.fallbacks,
+        run.retries,
+        run.proxy_errors.len(),
+        if run.proxy_errors.is_empty() {
+            String::new()
         } else {
-            format!("**missed** ({})", missed.join(", "))
-        };
-        md_row(
-            &mut out,
-            &[(*target).to_owned(), measured[i].clone(), verdict],
-        );
-    }
-    for run in runs.iter().filter(|r| r.schedule_error.is_some()) {
+            let mut counts: std::collections::BTreeMap<&str, usize> =
+                std::collections::BTreeMap::new();
+            for e in &run.proxy_errors {
+                *counts.entry(e.as_str()).or_default() += 1;
+            }
+            let list: Vec<String> = counts.iter().map(|(e, n)| format!("{n} {e}")).collect();
+            format!(" ({})", list.join(", "))
+        }
+    );
+    if f.unanswerable > 0 {
         let _ = writeln!(
             out,
-            "\n{}: the faults did not all run: {}",
-            run.framework,
-            run.schedule_error.as_deref().unwrap_or_default()
+            "- made unanswerable by the fault itself (not lost): {}",
+            f.unanswerable
         );
     }
     let _ = writeln!(
         out,
-        "\n{}\n",
-        if all_met {
-            "Every target is met for every framework."
-        } else {
-            "Some targets are missed: see below."
-        }
+        "- stranded clients (their Machine gone or out of the rotation when they sent a request): {}, re-pinned (or served by their Machine once back) on their next request: {}",
+        f.stranded.len(),
+        f.repinned_first()
     );
-
-    let _ = writeln!(out, "## Results\n");
-    md_row(&mut out, &HEAD.map(str::to_owned));
-    md_row(
-        &mut out,
-        &HEAD.map(|h| {
-            if h == "framework" {
-                "---".to_owned()
-            } else {
-                "---:".to_owned()
-            }
-        }),
-    );
-    for row in rows(runs) {
-        md_row(&mut out, &row);
-    }
     let _ = writeln!(
         out,
-        "\nAffinity counts the requests of pinned clients that lie wholly outside every \
-         fault window, without those of stranded clients (below) and of uploads nobody \
-         can route (row 6, below). Lost = 5xx + connection failures + wrong answers; no \
-         request is ever retried. Replays / request = the `fly-replay` answers flysim \
-         followed, over all requests. Traffic time runs from the first request to the \
-         last answer.\n"
+        "- WebSocket sessions opened by clients whose Machine was out: {}, {} of them on a live Machine",
+        f.ws_moved, f.ws_moved_ok
     );
-
-    let cache = cache_rows(runs);
-    if !cache.is_empty() {
-        let _ = writeln!(out, "## Fly's replay cache: off and on\n");
-        let _ = writeln!(
-            out,
-            "The same load and the same faults, once without and once with the \
-             replay cache rule of `examples/fly.toml` (`path_prefix = \"/\"`, `type = \
-             \"cookie\"`, `name = \"fly-machine-id\"`, `ttl_seconds = 300`): after a \
-             client's first replay, flysim routes its requests straight to its Machine.\n"
-        );
-        md_row(&mut out, &CACHE_HEAD.map(str::to_owned));
-        md_row(
-            &mut out,
-            &CACHE_HEAD.map(|h| {
-                if h == "framework" {
-                    "---".to_owned()
-                } else {
-                    "---:".to_owned()
-                }
-            }),
-        );
-        for row in &cache {
-            md_row(&mut out, row);
-        }
-        let _ = writeln!(
-            out,
-            "\nThe replays left with the cache on are each client's first one, and the \
-             moves the faults force (a destroyed, stopped or draining home, uploads no \
-             one can route); see the figures of each run below.\n"
-        );
-    }
-
-    let _ = writeln!(out, "## Per framework\n");
-    for run in runs {
-        let f = &run.figures;
-        let _ = writeln!(out, "### {}\n", run.framework);
-        let mix: Vec<String> = Kind::ALL
-            .iter()
-            .map(|k| format!("{} {}", f.by_kind.get(k).copied().unwrap_or(0), k.name()))
-            .collect();
-        let _ = writeln!(out, "- requests: {}", mix.join(", "));
-        if let Some(c) = run.cache {
-            let _ = writeln!(
-                out,
-                "- replay cache: {} entries made, {} hits, {} misses, {} invalidations, {} replays not cached",
-                c.created, c.hits, c.misses, c.invalidations, c.not_cached
-            );
-        }
-        let _ = writeln!(
-            out,
-            "- {} requests overlapped a fault window; {} counted for affinity, {} of them served by the pinned Machine",
-            f.in_windows, f.affinity_total, f.affinity_home
-        );
-        let _ = writeln!(
-            out,
-            "- flysim: {} answers from Machines for {} requests, {} replays followed, {} fallbacks, {} idempotent requests sent again on a new connection, {} errors of its own{}",
-            run.served,
-            f.requests,
-            run.replays,
-            run.fallbacks,
-            run.retries,
-            run.proxy_errors.len(),
-            if run.proxy_errors.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", run.proxy_errors.join(", "))
-            }
-        );
-        let _ = writeln!(
-            out,
-            "- uploads nobody can route (over 1 MB or chunked, sent without `fly-prefer-instance-id`): {}, served where they landed (row 6), {} of them on the client's Machine by chance",
-            f.unrouted, f.unrouted_home
-        );
+    let _ = writeln!(
+        out,
+        "- uploads nobody can route (over 1 MB or chunked, sent without `fly-prefer-instance-id`): {}, served where they landed (row 6), {} of them on the client's Machine by chance",
+        f.unrouted, f.unrouted_home
+    );
+    if run.scenario == Scenario::Classic {
         let (n, moved, mean, max) = moved_summary(&f.drained);
         let _ = writeln!(
             out,
@@ -454,34 +414,243 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
             "- stopped Machine: its clients sent {} requests during its window (uploads nobody can route left out), {} of them served by it (the proxy starts it again for them)",
             f.stop_total, f.stop_kept
         );
-        if let Some(e) = &run.schedule_error {
-            let _ = writeln!(out, "- the faults did not all run: {e}");
+    }
+    if let Some(e) = &run.schedule_error {
+        let _ = writeln!(out, "- the scenario did not complete: {e}");
+    }
+    if !f.samples.is_empty() {
+        let _ = writeln!(out, "- what went wrong (first {}):", f.samples.len());
+        for s in &f.samples {
+            let _ = writeln!(out, "  - `{}`", s.replace('`', "'"));
         }
-        if !f.samples.is_empty() {
-            let _ = writeln!(out, "- what went wrong (first {}):", f.samples.len());
-            for s in &f.samples {
-                let _ = writeln!(out, "  - `{}`", s.replace('`', "'"));
-            }
+    }
+    let _ = writeln!(out, "\n| Machine | fault | window | timeline |");
+    let _ = writeln!(out, "|---|---|---|---|");
+    for fault in &run.faults {
+        let steps: Vec<String> = fault
+            .steps
+            .iter()
+            .map(|(t, what)| format!("{} {what}", at(*t)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} .. {} | {} |",
+            short(&fault.machine),
+            fault.kind.name(),
+            at(fault.start),
+            at(fault.settled),
+            steps.join("; ")
+        );
+    }
+    let _ = writeln!(out);
+}
+
+fn md_table(out: &mut String, head: &[String], rows: &[Vec<String>]) {
+    md_row(out, head);
+    let align: Vec<String> = head
+        .iter()
+        .enumerate()
+        .map(|(i, _)| if i == 0 { "---" } else { "---:" }.to_owned())
+        .collect();
+    md_row(out, &align);
+    for row in rows {
+        md_row(out, row);
+    }
+}
+
+/// RELIABILITY.md.
+pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> String {
+    let mut out = String::new();
+    let all_met = runs.iter().all(Run::met);
+    let _ = writeln!(out, "# Reliability\n");
+    let titles: Vec<String> = opts
+        .scenarios
+        .iter()
+        .map(|s| s.title().to_lowercase())
+        .collect();
+    let _ = writeln!(
+        out,
+        "What users see while Machines come and go: every example app as Machines \
+         behind [flysim](tests/flysim) (the local Fly proxy), under a mixed load of \
+         concurrent browser-like clients, in each scenario ({}); each framework once \
+         without and once with Fly's replay cache (`+cache`). Figures of one run of \
+         `{}` ({}). This file is written by that task: re-run it rather than editing it.\n",
+        titles.join("; "),
+        opts.command(),
+        info.host.date
+    );
+    if opts.quick {
+        let _ = writeln!(
+            out,
+            "This was a `--quick` run (fewer clients and requests): the full run \
+             (`cargo xtask soak`) is the one to quote.\n"
+        );
+    }
+
+    let _ = writeln!(out, "## Targets\n");
+    md_row(
+        &mut out,
+        &[
+            "target",
+            "measured (all scenarios and frameworks)",
+            "verdict",
+        ]
+        .map(str::to_owned),
+    );
+    md_row(&mut out, &["---", "---", "---"].map(str::to_owned));
+    let mut total = Figures::default();
+    for run in runs {
+        total.merge(&run.figures);
+    }
+    let measured = [
+        affinity(&total),
+        format!(
+            "{} lost of {} requests ({} client-visible errors; {} more made unanswerable by the fault itself)",
+            total.lost(),
+            total.requests,
+            total.errors(),
+            total.unanswerable
+        ),
+        format!(
+            "{} of {} stranded clients (most requests needed: {})",
+            total.repinned_first(),
+            total.stranded.len(),
+            max_to_repin(&total)
+        ),
+        format!(
+            "{} of {} sessions of clients whose Machine was out",
+            total.ws_moved_ok, total.ws_moved
+        ),
+    ];
+    for (i, (target, _)) in Figures::default().targets().iter().enumerate() {
+        let missed: Vec<String> = runs
+            .iter()
+            .filter(|r| !r.figures.targets()[i].1)
+            .map(full_name)
+            .collect();
+        let verdict = if missed.is_empty() {
+            "**met**".to_owned()
+        } else {
+            format!("**missed** ({})", missed.join(", "))
+        };
+        md_row(
+            &mut out,
+            &[(*target).to_owned(), measured[i].clone(), verdict],
+        );
+    }
+    for run in runs.iter().filter(|r| r.schedule_error.is_some()) {
+        let _ = writeln!(
+            out,
+            "\n{}: the scenario did not complete: {}",
+            full_name(run),
+            run.schedule_error.as_deref().unwrap_or_default()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n{}\n",
+        if all_met {
+            "Every target is met in every scenario for every framework."
+        } else {
+            "Some targets are missed: see below."
         }
-        let _ = writeln!(out, "\n| Machine | fault | window | timeline |");
-        let _ = writeln!(out, "|---|---|---|---|");
-        for fault in &run.faults {
-            let steps: Vec<String> = fault
-                .steps
-                .iter()
-                .map(|(t, what)| format!("{} {what}", at(*t)))
-                .collect();
+    );
+
+    let _ = writeln!(out, "## Scenarios at a glance\n");
+    let head = [
+        "scenario",
+        "requests",
+        "lost",
+        "unanswerable by the fault",
+        "affinity outside fault windows",
+        "stranded re-pinned on their next request",
+        "WebSocket sessions of moved clients on a live Machine",
+        "targets",
+    ]
+    .map(str::to_owned);
+    let mut rows = Vec::new();
+    for &scenario in &opts.scenarios {
+        let these: Vec<&Run> = runs.iter().filter(|r| r.scenario == scenario).collect();
+        let mut f = Figures::default();
+        for r in &these {
+            f.merge(&r.figures);
+        }
+        rows.push(vec![
+            scenario.title().to_owned(),
+            f.requests.to_string(),
+            f.lost().to_string(),
+            f.unanswerable.to_string(),
+            affinity(&f),
+            repinned(&f),
+            format!("{} / {}", f.ws_moved_ok, f.ws_moved),
+            if these.iter().all(|r| r.met()) {
+                "met".to_owned()
+            } else {
+                "**missed**".to_owned()
+            },
+        ]);
+    }
+    md_table(&mut out, &head, &rows);
+    let _ = writeln!(
+        out,
+        "\nAffinity counts the requests of pinned clients that lie wholly outside every \
+         fault window, without those of stranded clients and of uploads nobody can route \
+         (row 6). Lost = 5xx + connection failures + wrong answers, except those the fault \
+         itself made unanswerable (a request delivered to a blackholed Machine, answered \
+         502 at the proxy's response timeout; a WebSocket session open when a reset cut \
+         it): no middleware can answer those. No request is ever retried.\n"
+    );
+
+    for &scenario in &opts.scenarios {
+        let these: Vec<&Run> = runs.iter().filter(|r| r.scenario == scenario).collect();
+        if these.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "## {}\n", scenario.title());
+        let _ = writeln!(out, "{}\n", scenario.describe());
+        md_row(&mut out, &HEAD.map(str::to_owned));
+        md_row(
+            &mut out,
+            &HEAD.map(|h| {
+                if h == "framework" {
+                    "---".to_owned()
+                } else {
+                    "---:".to_owned()
+                }
+            }),
+        );
+        for row in rows_of(&these) {
+            md_row(&mut out, &row);
+        }
+        if let Some((head, rows)) = phase_table(&these) {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} .. {} | {} |",
-                short(&fault.machine),
-                fault.kind.name(),
-                at(fault.start),
-                at(fault.settled),
-                steps.join("; ")
+                "\n**p99 latency per phase** (of the requests sent in it; the phase's length in brackets):\n"
             );
+            md_table(&mut out, &head, &rows);
         }
-        let _ = writeln!(out);
+        let cache = cache_rows(&these);
+        if !cache.is_empty() {
+            let _ = writeln!(out, "\n**Replay cache off and on:**\n");
+            md_row(&mut out, &CACHE_HEAD.map(str::to_owned));
+            md_row(
+                &mut out,
+                &CACHE_HEAD.map(|h| {
+                    if h == "framework" {
+                        "---".to_owned()
+                    } else {
+                        "---:".to_owned()
+                    }
+                }),
+            );
+            for row in &cache {
+                md_row(&mut out, row);
+            }
+        }
+        let _ = writeln!(out, "\n### Per framework ({})\n", scenario.name());
+        for run in &these {
+            details(&mut out, run);
+        }
     }
 
     let _ = writeln!(out, "## Method\n");
@@ -493,7 +662,7 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
         out,
         "**Cluster.** For each framework in turn, flysim starts 3 Machines of \
          `examples/<framework>` (release build, one process each, `DRAIN_SECONDS={drain}`), \
-         round-robin balancing, no cold-start delay. Machines are stopped and destroyed as \
+         round-robin balancing (in `classic`: no cold start, no health checks). Machines are stopped and destroyed as \
          Fly does it (`kill_signal = \"SIGTERM\"`, `kill_timeout = {kill} s`): the proxy \
          takes the Machine out of its rotation at once and the process gets SIGTERM, on \
          which every example drains, keeps serving for `DRAIN_SECONDS`, then shuts down \
@@ -506,7 +675,8 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
     );
     let _ = writeln!(
         out,
-        "**Clients.** {clients} tokio tasks share a budget of {requests} requests; each \
+        "**Clients.** {clients} tokio tasks share a budget of {requests} requests in \
+         `classic` (in the other scenarios they run until its actions are over); each \
          is a visitor with its own cookie jar (`conformance::client`: a new TCP connection \
          per request, as raw as a test client gets) that pauses 0 to {think2} ms (mean \
          {think} ms, a user reading the page) after each answer. With a {churn}% chance \
@@ -533,7 +703,7 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
     );
     let _ = writeln!(
         out,
-        "**Faults**, begun when a share of the budget has been sent (each waits for the \
+        "**Faults of `classic`**, begun when a share of the budget has been sent (each waits for the \
          previous one to end): at 15%, Machine A is destroyed; at 35%, Machine B is \
          stopped, and at 45% (or once it is stopped) started again; at 60%, Machine C \
          gets SIGTERM while it stays in the proxy's rotation (a drain: requests pinned \
@@ -546,6 +716,27 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
          Machine is replayed to C and served there (a request already replayed is never \
          replayed again: row 5), so it moves when one of its requests lands on C itself; \
          those still pinned to C when it exits find it started again.\n"
+    );
+    let _ = writeln!(
+        out,
+        "**The lifecycle scenarios** (rolling, blue-green, autostop, scale, network) drive \
+         flysim's own deploys, autostop, scaling and network faults (its named assumptions \
+         22 to 36 say how they behave where Fly does not document it). Their clients run \
+         until the scenario's actions are over and {lead} s more, rather than for a fixed \
+         budget. Their fault windows are seen from outside: flysim's table is polled every \
+         2 ms, and a window opens when a Machine that was in the rotation leaves it (stopped \
+         or being updated by a deploy, stopped by autostop, destroyed, failing its health \
+         check) and closes when it is back in it (a destroyed one: at the end of the run); \
+         the network faults' windows are the faults' own (a blackhole's until the response \
+         timeout of the last request it swallowed). A client whose first request sent \
+         inside a window is pinned to that Machine is *stranded*: its next request must be \
+         served by a live Machine that re-pins it, or by its own Machine once back. A \
+         request the fault itself made unanswerable (delivered to a blackholed Machine and \
+         answered 502 at the proxy's response timeout, or a WebSocket session open when a \
+         reset cut it) is counted apart and not lost: no middleware can answer it; \
+         health checks take a blackholed Machine out of the rotation within about {check} ms.\n",
+        lead = 2.5,
+        check = 850
     );
     let _ = writeln!(
         out,
@@ -593,8 +784,8 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
         "**Not covered.** A Machine killed outright (`fly machine kill`, a host failure, \
          flysim without `kill_signal`): the requests it is serving at that instant fail, \
          and no middleware can answer them; flysim's own tests show the difference \
-         (`tests/flysim/tests/command.rs`). Cold starts (Fly takes a second or more to \
-         start a stopped Machine; here it is immediate). Kept-alive client connections \
+         (`tests/flysim/tests/command.rs`). Fly's own cold-start times (about 1.3 s; \
+         the lifecycle scenarios use 800 ms, `classic` none). Kept-alive client connections \
          (each request opens its own), HTTP/2, several regions.\n"
     );
     let _ = writeln!(

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use conformance::client::{Client, Request, Response};
@@ -73,8 +73,13 @@ pub(crate) fn pick(rng: &mut Rng) -> Kind {
 /// What the clients share.
 pub(crate) struct Traffic {
     front: SocketAddr,
-    machines: Vec<String>,
+    /// Every Machine ID the app has had (deploys and scales add some).
+    machines: Mutex<Vec<String>>,
     total: usize,
+    /// The scenario is over: clients stop after their current request.
+    stopped: AtomicBool,
+    /// A lull: clients wait (between requests) until it ends.
+    paused: AtomicBool,
     started: AtomicUsize,
     visitors: AtomicU64,
     base: Instant,
@@ -94,8 +99,10 @@ impl Traffic {
     ) -> Self {
         Traffic {
             front,
-            machines,
+            machines: Mutex::new(machines),
             total,
+            stopped: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             started: AtomicUsize::new(0),
             visitors: AtomicU64::new(0),
             base: Instant::now(),
@@ -115,9 +122,27 @@ impl Traffic {
         self.started.load(Ordering::SeqCst).min(self.total) as f64 / self.total.max(1) as f64
     }
 
-    /// Whether every request has been sent.
+    /// Whether every request has been sent (or the traffic was stopped).
     pub(crate) fn all_sent(&self) -> bool {
-        self.started.load(Ordering::SeqCst) >= self.total
+        self.stopped.load(Ordering::SeqCst) || self.started.load(Ordering::SeqCst) >= self.total
+    }
+
+    /// Stops the traffic: clients send nothing more.
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
+
+    /// Begins (`true`) or ends a lull: clients send nothing meanwhile.
+    pub(crate) fn pause(&self, on: bool) {
+        self.paused.store(on, Ordering::SeqCst);
+    }
+
+    /// Makes `id` a Machine whose answers count as right.
+    pub(crate) fn learn(&self, id: &str) {
+        let mut machines = self.machines.lock().unwrap_or_else(|e| e.into_inner());
+        if !machines.iter().any(|m| m == id) {
+            machines.push(id.to_owned());
+        }
     }
 
     /// Every record so far.
@@ -133,7 +158,11 @@ impl Traffic {
     }
 
     fn known(&self, id: &str) -> bool {
-        self.machines.iter().any(|m| m == id)
+        self.machines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m == id)
     }
 }
 
@@ -146,6 +175,12 @@ pub(crate) async fn client(traffic: Arc<Traffic>, index: u64) {
     let mut jar = Client::default();
     let mut visitor = traffic.new_visitor();
     loop {
+        while traffic.paused.load(Ordering::SeqCst) && !traffic.stopped.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if traffic.stopped.load(Ordering::SeqCst) {
+            break;
+        }
         let ticket = traffic.started.fetch_add(1, Ordering::SeqCst);
         if ticket >= traffic.total {
             break;

@@ -436,3 +436,57 @@ pub(crate) async fn eventually(mut cond: impl FnMut() -> bool) {
     }
     panic!("condition not met within 5 s");
 }
+
+/// Calls the admin interface: the status and the JSON answer (or the text).
+pub(crate) async fn admin_call(sim: &FlySim, method: &str, path: &str) -> (u16, serde_json::Value) {
+    let url = format!("http://{}{path}", sim.admin_addr().expect("an admin port"));
+    let req = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(full_body(Bytes::new()))
+        .unwrap();
+    let resp = send(req).await;
+    let value = serde_json::from_slice(&resp.body)
+        .unwrap_or_else(|_| serde_json::Value::String(resp.text()));
+    (resp.status.as_u16(), value)
+}
+
+/// Waits (up to `secs`) for `cond`, checking every 10 ms.
+pub(crate) async fn within(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what}: not within {secs} s");
+}
+
+/// The messages of the recorded events of `kind`, oldest first.
+pub(crate) fn messages(sim: &FlySim, kind: flysim::EventKind) -> Vec<String> {
+    sim.events()
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.message)
+        .collect()
+}
+
+/// A test app whose `/health` fails (503) on the Machines in the returned
+/// list, and answers `machine=<id>` elsewhere.
+pub(crate) fn app_with_health() -> (App, Arc<Mutex<Vec<String>>>) {
+    let failing: Arc<Mutex<Vec<String>>> = Arc::default();
+    let f = failing.clone();
+    let app = App::new(move |s| {
+        if s.path == "/health" {
+            if f.lock().unwrap().contains(&s.machine) {
+                let mut r = Reply::ok("sick");
+                r.status = StatusCode::SERVICE_UNAVAILABLE;
+                return r;
+            }
+            return Reply::ok("ok");
+        }
+        Reply::ok(format!("machine={}", s.machine))
+    });
+    (app, failing)
+}
