@@ -304,9 +304,14 @@ fn served_total(
             cmd.env_remove(key);
         }
     }
+    // One worker thread: with one connection there is nothing to share,
+    // and idle workers waking, stealing and parking again (as often as the
+    // host's load decides) would add a varying count to both sides.
     cmd.env("PORT", port.to_string())
         .env("DRAIN_SECONDS", "0")
         .env("RUST_LOG", "off")
+        .env("TOKIO_WORKER_THREADS", "1")
+        .env("ROCKET_WORKERS", "1")
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file);
@@ -511,7 +516,10 @@ pub(crate) fn markdown(counts: &Counts) -> String {
              client outside valgrind (every answer checked: 200, served here, no \
              `Set-Cookie`). Each side runs twice, serving {w} + {FEW} and {w} + {MANY} \
              requests; per request = (total({MANY}) - total({FEW})) / {d}, so start-up \
-             and shutdown cancel out.\n\n\
+             and shutdown cancel out. One worker thread (`TOKIO_WORKER_THREADS=1`, \
+             `ROCKET_WORKERS=1`): idle workers waking and parking as the host's load \
+             decides made a side vary by about 100 instructions per request between \
+             runs; with one, by about 10.\n\n\
              | framework | ON per request | OFF per request | ON - OFF | budget |\n\
              |---|---:|---:|---:|---|\n",
             w = WARMUP,
