@@ -328,7 +328,8 @@ pub(crate) fn unanswerable(r: &Record, faults: &[Fault]) -> Option<&'static str>
         if detail.contains("did not answer"));
     for x in faults {
         match x.kind {
-            FaultKind::Blackhole if timed_out && r.start >= x.start && r.start < x.settled => {
+            // Sent before the fault began but delivered after it: swallowed too.
+            FaultKind::Blackhole if timed_out && r.end >= x.start && r.start < x.settled => {
                 return Some(
                     "delivered to a blackholed Machine: 502 at the proxy's response timeout",
                 );
