@@ -217,9 +217,10 @@
 //!     checking is out of the rotation and is never autostarted by a
 //!     request: `prefer_instance` and `fly-prefer-instance-id` go elsewhere
 //!     (with `fly-preferred-instance-unavailable`); a strict `instance`
-//!     replay or `fly-force-instance-id` fails. A stopped Machine is
-//!     updated without being started; a suspended one is stopped, then
-//!     started again.
+//!     replay or `fly-force-instance-id` fails while it is stopped, and
+//!     reaches it once it is started again, before its check passes (the
+//!     client asked for that one). A stopped Machine is updated without
+//!     being started; a suspended one is stopped, then started again.
 //! 25. **Blue-green cutover.** The new Machines stay out of the rotation
 //!     until every one of them passes; then, in one step, they join and the
 //!     old ones leave, and the old ones are destroyed (kill signal, kill
@@ -235,15 +236,17 @@
 //!     Machines of start-up and [`FlySim::start_machine`] start at once.
 //! 29. **Resume.** A suspended Machine resumes after [`Config::resume`],
 //!     by default a quarter of the cold start; its process was frozen
-//!     (`SIGSTOP`/`SIGCONT`) so its memory (sessions, rooms) survives. The
-//!     balancer resumes a suspended Machine before starting a stopped one.
+//!     (`SIGSTOP`/`SIGCONT`) so its memory (sessions, rooms) survives (an
+//!     in-process instance keeps running, unrouted). The balancer resumes
+//!     a suspended Machine before starting a stopped one.
 //! 30. **Idle.** A Machine is idle while no request is in flight to it and
 //!     no WebSocket tunnel to it is open; after [`Config::idle_stop`]
 //!     (default 10 s) of that, autostop stops (kill signal) or suspends it,
 //!     the longest idle first, never leaving fewer than
-//!     `min_machines_running` started. Idle Machines are looked for every
-//!     quarter of the idle time (20 ms to 1 s). Draining and updating
-//!     Machines are left alone.
+//!     `min_machines_running` started; all those chosen in one look are
+//!     taken down at once. Idle Machines are looked for every quarter of the
+//!     idle time (20 ms to 1 s). Draining and updating Machines are left
+//!     alone. Health checks are not activity.
 //! 31. **Without autostart.** With `auto_start_machines = false`, a stopped
 //!     or suspended Machine is unavailable: a preferred one is replaced, a
 //!     named one fails (PR02), and when none is started the request fails

@@ -427,3 +427,117 @@ async fn the_binary_proxies_until_sigterm_and_prints_the_report() {
         assert_eq!(cols[2], "2", "{rest}");
     }
 }
+
+/// A suspended child process is frozen (it accepts connections but answers
+/// nothing) and resumes, the same process, when a request is routed to it;
+/// a suspended one can still be stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_process_is_frozen_and_resumes_with_its_memory() {
+    let cfg = config()
+        .machines(2)
+        .child_output(ChildOutput::Null)
+        .kill_signal(Some(Signal::Term))
+        .kill_timeout(Duration::from_secs(5));
+    let sim = FlySim::start(cfg, child_launch()).await.unwrap();
+    let ids = sim.machine_ids();
+    let addr = sim.machine(&ids[0]).unwrap().addr.unwrap();
+    sim.suspend_machine(&ids[0]).await.unwrap();
+    assert_eq!(sim.machine(&ids[0]).unwrap().state, MachineState::Suspended);
+    // Frozen: the kernel still accepts a connection, the process answers
+    // nothing.
+    let direct = tokio::time::timeout(
+        Duration::from_millis(500),
+        get(&format!("http://{addr}/inflight")),
+    )
+    .await;
+    assert!(direct.is_err(), "a frozen process answered");
+    // Balanced requests go to the other Machine.
+    for _ in 0..3 {
+        let resp = get(&sim.url()).await;
+        assert_eq!(field(&parse(&resp.text()), "machine"), ids[1]);
+    }
+    // A request named for it resumes it: the same process (same port), and
+    // the slow request finishes.
+    let resp = get_with(&sim.url(), &[("fly-force-instance-id", &ids[0])]).await;
+    assert_eq!(field(&parse(&resp.text()), "machine"), ids[0]);
+    assert_eq!(sim.machine(&ids[0]).unwrap().addr, Some(addr));
+    assert_eq!(sim.machine(&ids[0]).unwrap().starts, 2);
+    // Suspended again, it can be stopped: its process gets SIGTERM and exits.
+    sim.suspend_machine(&ids[0]).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), sim.stop_machine(&ids[0]))
+        .await
+        .expect("a suspended Machine stops")
+        .unwrap();
+    assert_eq!(sim.machine(&ids[0]).unwrap().state, MachineState::Stopped);
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_takes_the_lifecycle_options_and_refuses_bad_ones() {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_flysim"))
+        .args([
+            "--machines",
+            "1",
+            "--port",
+            "0",
+            "--child-output",
+            "null",
+            "--auto-stop",
+            "suspend",
+            "--idle-stop-ms",
+            "60000",
+            "--min-machines-running",
+            "1",
+            "--cold-start-ms",
+            "40",
+            "--resume-ms",
+            "7",
+            "--health-check-path",
+            "/inflight",
+            "--health-interval-ms",
+            "5000",
+            "--response-timeout-ms",
+            "1234",
+            "--",
+        ])
+        .arg(&exe)
+        .args(child_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let admin = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(url) = line.strip_prefix("flysim: admin ") {
+                return url.to_owned();
+            }
+        }
+        panic!("flysim printed no admin URL");
+    })
+    .await
+    .expect("flysim prints its URLs");
+    let config: serde_json::Value =
+        serde_json::from_slice(&get(&format!("{admin}/config")).await.body).unwrap();
+    assert_eq!(config["auto_stop_machines"], "suspend");
+    assert_eq!(config["idle_stop_ms"], 60000);
+    assert_eq!(config["min_machines_running"], 1);
+    assert_eq!(config["cold_start_ms"], 40);
+    assert_eq!(config["resume_ms"], 7);
+    assert_eq!(config["response_timeout_ms"], 1234);
+    assert_eq!(config["health_check"]["path"], "/inflight");
+    assert_eq!(config["health_check"]["interval_ms"], 5000);
+    child.kill().await.unwrap();
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_flysim"))
+        .args(["--auto-stop", "sometimes", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("auto_stop_machines"), "{stderr}");
+}

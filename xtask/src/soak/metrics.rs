@@ -328,7 +328,8 @@ pub(crate) fn unanswerable(r: &Record, faults: &[Fault]) -> Option<&'static str>
         if detail.contains("did not answer"));
     for x in faults {
         match x.kind {
-            FaultKind::Blackhole if timed_out && r.start >= x.start && r.start < x.settled => {
+            // Sent before the fault began but delivered after it: swallowed too.
+            FaultKind::Blackhole if timed_out && r.end >= x.start && r.start < x.settled => {
                 return Some(
                     "delivered to a blackholed Machine: 502 at the proxy's response timeout",
                 );
@@ -660,7 +661,10 @@ fn requests_until_skipping(
             break;
         }
     }
-    Some(moved)
+    // A visitor that sent nothing more that could take it home (it left,
+    // or only sent uploads nobody can route, or requests the fault
+    // swallowed) had no next request: it is not counted.
+    (n > 0).then_some(moved)
 }
 
 #[cfg(test)]
@@ -959,6 +963,21 @@ mod tests {
         assert_eq!(homes, [Some(1), Some(1), Some(1), None]);
         assert_eq!((f.ws_moved, f.ws_moved_ok), (1, 1));
         assert!(!f.targets()[2].1);
+    }
+
+    #[test]
+    fn a_visitor_with_no_next_request_is_not_counted_as_stranded() {
+        let timeout = Record {
+            outcome: Outcome::ServerError {
+                status: 502,
+                detail: "did not answer".into(),
+            },
+            ..ok(1, 120, Some(A), A, None)
+        };
+        let faults = [fault(FaultKind::Blackhole, A, 100, 100, 200)];
+        let f = compute_for(&[timeout], &faults, false);
+        assert!(f.stranded.is_empty());
+        assert!(f.targets()[2].1);
     }
 
     #[test]

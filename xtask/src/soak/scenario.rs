@@ -498,9 +498,9 @@ async fn act(scenario: Scenario, sim: &FlySim, traffic: &Traffic) -> Result<Vec<
                 (NetFault::Delay(DELAY), b, "delay"),
                 (NetFault::Blackhole, c, "blackhole"),
             ] {
+                let begun = traffic.now();
                 sim.fault(&id, kind, FAULT_FOR)
                     .map_err(|e| format!("{name} fault: {e}"))?;
-                let begun = traffic.now();
                 if let Some(prev) = prev {
                     phases.push(phase(format!("after the {prev}"), from, begun));
                 }
