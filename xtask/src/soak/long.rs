@@ -888,6 +888,38 @@ mod tests {
     }
 
     #[test]
+    fn the_chart_is_drawn() {
+        let run = LongRun {
+            framework: "axum".to_owned(),
+            cache: false,
+            figures: Figures::default(),
+            traffic_time: Duration::from_secs(60),
+            replays: 0,
+            series: vec![
+                Series {
+                    name: "Machine abcdef".to_owned(),
+                    points: series(|i| 8000 + i as u64, |_| 20, 30),
+                },
+                Series {
+                    name: SELF_NAME.to_owned(),
+                    points: series(|_| 50_000, |i| 100 + i, 30),
+                },
+            ],
+            skipped: 0,
+            skipped_why: None,
+            load: vec![1.0; 30],
+        };
+        let path = std::env::temp_dir().join(format!("long-run-{}.svg", std::process::id()));
+        chart::render(&path, &[run]).unwrap();
+        let svg = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert!(
+            svg.starts_with("<svg") && svg.contains("Machine abcdef"),
+            "{svg:.200}"
+        );
+    }
+
+    #[test]
     fn the_section_is_replaced_kept_or_added() {
         let one = format!("{BEGIN}\n## Long run\nA\n{END}");
         let two = format!("{BEGIN}\n## Long run\nB\n{END}");
