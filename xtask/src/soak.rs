@@ -16,6 +16,9 @@
 //! served it, the byte count of an upload, every WebSocket echo) and the
 //! figures of [`metrics`] are printed. A full run with the defaults writes
 //! `RELIABILITY.md`; the task fails if a target is missed.
+//!
+//! `--long` is the long run of [`long`]: a million requests, no faults, each
+//! process's memory and file descriptors sampled and judged.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -29,6 +32,7 @@ use flysim::{
 use crate::{FRAMEWORKS, build_examples, root};
 
 mod faults;
+mod long;
 mod metrics;
 mod report;
 mod scenario;
@@ -55,6 +59,8 @@ pub(crate) struct Options {
     pub(crate) scenarios: Vec<Scenario>,
     /// Write RELIABILITY.md even when this is not a full default run.
     pub(crate) write: bool,
+    /// The long run ([`long`]) instead of the scenarios.
+    pub(crate) long: bool,
 }
 
 /// Clients, and the request budget of `classic` (the other scenarios run
@@ -66,17 +72,18 @@ const THINK_MS: u64 = 150;
 const DRAIN_SECONDS: u64 = 2;
 const SEED: u64 = 0x5eed_50a4;
 
-const USAGE: &str = "usage: cargo xtask soak [--quick] [--scenario all|classic,rolling,bluegreen,autostop,scale,network] \
+const USAGE: &str = "usage: cargo xtask soak [--quick | --long] [--scenario all|classic,rolling,bluegreen,autostop,scale,network] \
                      [--clients N] [--requests N] [--think-ms N] [--drain-seconds N] [--seed N] \
                      [--cache off|on|both] [--write] [FRAMEWORK..]";
 
 impl Options {
     pub(crate) fn parse(args: &[String]) -> Result<Options, String> {
         let mut quick = false;
+        let mut long = false;
         let mut write = false;
         let mut clients = None;
         let mut requests = None;
-        let mut think_ms = THINK_MS;
+        let mut think_ms = None;
         let mut drain_seconds = DRAIN_SECONDS;
         let mut seed = SEED;
         let mut caches = vec![false, true];
@@ -91,10 +98,11 @@ impl Options {
             };
             match arg.as_str() {
                 "--quick" => quick = true,
+                "--long" => long = true,
                 "--write" => write = true,
                 "--clients" => clients = Some(number("--clients")? as usize),
                 "--requests" => requests = Some(number("--requests")? as usize),
-                "--think-ms" => think_ms = number("--think-ms")?,
+                "--think-ms" => think_ms = Some(number("--think-ms")?),
                 "--drain-seconds" => drain_seconds = number("--drain-seconds")?,
                 "--seed" => seed = number("--seed")?,
                 "--scenario" => {
@@ -115,15 +123,27 @@ impl Options {
                 other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
             }
         }
-        let (default_clients, default_requests) = if quick { QUICK } else { FULL };
+        if quick && long {
+            return Err(format!("--quick and --long exclude each other\n{USAGE}"));
+        }
+        let (default_clients, default_requests, default_think) = if long {
+            long::sizes()
+        } else if quick {
+            (QUICK.0, QUICK.1, THINK_MS)
+        } else {
+            (FULL.0, FULL.1, THINK_MS)
+        };
         let clients = clients.unwrap_or(default_clients);
         let requests = requests.unwrap_or(default_requests);
+        let think_ms = think_ms.unwrap_or(default_think);
         if clients == 0 || requests < clients {
             return Err(format!(
                 "need at least one client and as many requests as clients\n{USAGE}"
             ));
         }
-        if frameworks.is_empty() {
+        if frameworks.is_empty() && long {
+            frameworks = long::default_frameworks();
+        } else if frameworks.is_empty() {
             frameworks = FRAMEWORKS.iter().map(|f| (*f).to_owned()).collect();
         }
         Ok(Options {
@@ -137,12 +157,14 @@ impl Options {
             caches,
             scenarios,
             write,
+            long,
         })
     }
 
     /// Whether this is the run RELIABILITY.md reports: full sizes, every framework.
     fn is_full(&self) -> bool {
         !self.quick
+            && !self.long
             && (self.clients, self.requests) == FULL
             && self.think_ms == THINK_MS
             && self.drain_seconds == DRAIN_SECONDS
@@ -231,6 +253,9 @@ impl Run {
 
 pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let opts = Options::parse(args)?;
+    if opts.long {
+        return long::run(&opts);
+    }
     let began = Instant::now();
     let info_start = report::MachineInfo::collect();
     let wanted: Vec<&str> = opts.frameworks.iter().map(String::as_str).collect();
@@ -269,8 +294,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         crate::machine::duration(build_time)
     );
     if opts.is_full() || opts.write {
-        let text = report::markdown(&runs, &opts, &info);
         let path = root().join("RELIABILITY.md");
+        let old = std::fs::read_to_string(&path).unwrap_or_default();
+        let text = long::keep_section(&old, report::markdown(&runs, &opts, &info));
         std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     } else {
@@ -484,5 +510,15 @@ mod tests {
         assert!(!on.is_full());
         assert_eq!(on.command(), "cargo xtask soak --cache on");
         assert!(Options::parse(&args(&["--cache", "maybe"])).is_err());
+        let long = Options::parse(&args(&["--long"])).unwrap();
+        assert!(long.long && !long.is_full());
+        assert_eq!((long.clients, long.requests, long.think_ms), long::sizes());
+        assert_eq!(long.frameworks, ["axum"]);
+        let long = Options::parse(&args(&["--long", "--requests", "50_000", "warp"])).unwrap();
+        assert_eq!(
+            (long.requests, &long.frameworks[..]),
+            (50_000, &["warp".to_owned()][..])
+        );
+        assert!(Options::parse(&args(&["--long", "--quick"])).is_err());
     }
 }

@@ -256,6 +256,7 @@ impl Fleet {
                     },
                     remaining_ms: f.until.saturating_duration_since(now).as_millis() as u64,
                 }),
+                pid: s.instance.as_ref().and_then(Instance::pid),
             })
             .collect()
     }

@@ -128,6 +128,10 @@ pub struct MachineInfo {
     pub in_flight: u64,
     /// Its network fault, while one lasts.
     pub fault: Option<crate::faults::FaultInfo>,
+    /// The OS process ID of its running child process ([`Launch::command`]),
+    /// for tools that watch it (`/proc/<pid>`); `None` when it is not
+    /// running, has exited, or runs in-process. A restart gives a new one.
+    pub pid: Option<u32>,
 }
 
 /// A Unix signal flysim can send to a Machine (Fly's Machines API
@@ -299,6 +303,14 @@ impl Instance {
     /// The address the instance listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The child process's ID, unless it has exited (`None` in-process).
+    pub fn pid(&self) -> Option<u32> {
+        match &self.signaller {
+            Signaller::Process { pid, exited } if !exited.load(Ordering::SeqCst) => Some(*pid),
+            _ => None,
+        }
     }
 
     /// How signals reach this instance.

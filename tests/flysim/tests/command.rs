@@ -164,13 +164,20 @@ async fn command_machines_run_with_the_fly_environment() {
     }
     assert_eq!(sim.machine(&ids[0]).unwrap().served, 2);
 
+    // Each running Machine names its process.
+    let pid = sim.machine(&ids[0]).unwrap().pid.expect("a running child has a pid");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
     // Stopping kills the process; a request forced to it starts a new one.
     let old = sim.machine(&ids[0]).unwrap().addr.unwrap();
     sim.stop_machine(&ids[0]).await.unwrap();
+    assert_eq!(sim.machine(&ids[0]).unwrap().pid, None);
     assert!(tokio::net::TcpStream::connect(old).await.is_err());
     let resp = get_with(&sim.url(), &[("fly-force-instance-id", &ids[0])]).await;
     assert_eq!(field(&parse(&resp.text()), "machine"), ids[0]);
     assert_eq!(sim.machine(&ids[0]).unwrap().state, MachineState::Started);
+    let new = sim.machine(&ids[0]).unwrap().pid.expect("restarted");
+    assert_ne!(new, pid);
 
     let addrs: Vec<_> = sim.machines().iter().filter_map(|m| m.addr).collect();
     sim.shutdown().await;
