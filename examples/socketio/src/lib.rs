@@ -36,9 +36,10 @@ use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use socketioxide::SocketIo;
 use socketioxide::extract::{AckSender, Data, SocketRef};
+use sticky_axum::sticky_core::MetricsSnapshot;
 use sticky_axum::{
     StickyLayer,
-    sticky_core::{Env, MetricsSnapshot, Sticky},
+    sticky_core::{Env, Sticky},
 };
 
 /// Environment variable that names the browser client file served at
@@ -156,9 +157,8 @@ pub fn app(sticky: Option<Sticky>, machine: Arc<str>) -> Router {
             engine.metrics().to_string(),
         )
     };
-    app.route("/metrics", get(metrics))
-        .layer(sio_layer)
-        .layer(StickyLayer::new(sticky))
+    let app = app.route("/metrics", get(metrics));
+    app.layer(sio_layer).layer(StickyLayer::new(sticky))
 }
 
 async fn page(machine: Arc<str>) -> Html<String> {
