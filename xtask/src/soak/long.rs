@@ -744,8 +744,8 @@ fn section(runs: &[LongRun], opts: &Options, host: &Machine, took: Duration) -> 
             },
             host.nproc,
             if load_mean > host.nproc as f64 * 1.5 {
-                ": the machine was shared with other work, so the rate is lower than alone, \
-                 which does not change what grows"
+                ": the machine was shared with other work (the rate is lower than alone, and \
+                 more requests are in flight at once)"
             } else {
                 ""
             },
