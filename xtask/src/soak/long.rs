@@ -395,6 +395,12 @@ pub(crate) fn run(opts: &Options) -> Result<(), String> {
         );
         let run = runtime.block_on(long_run(framework, binary, opts, cache))?;
         println!("{}", table(&run));
+        // Every sample, for a closer look than the chart's.
+        let csv = crate::target_dir().join(format!("long-run-{framework}.csv"));
+        match std::fs::write(&csv, samples_csv(&run)) {
+            Ok(()) => println!("samples in {}", csv.display()),
+            Err(e) => eprintln!("{}: {e}", csv.display()),
+        }
         runs.push(run);
     }
     host.finish();
@@ -544,6 +550,26 @@ async fn rounds(
         );
     }
     Ok((figures, t0.elapsed().saturating_sub(first)))
+}
+
+/// `process,pid,seconds,requests,rss_kib,fds`, one line per sample.
+fn samples_csv(run: &LongRun) -> String {
+    let mut out = String::from("process,pid,seconds,requests,rss_kib,fds\n");
+    for s in &run.series {
+        for p in &s.points {
+            let _ = writeln!(
+                out,
+                "{},{},{:.1},{},{},{}",
+                s.name,
+                p.pid,
+                p.at.as_secs_f64(),
+                p.requests,
+                p.rss_kib,
+                p.fds
+            );
+        }
+    }
+    out
 }
 
 fn mib(kib: u64) -> String {
@@ -744,8 +770,8 @@ fn section(runs: &[LongRun], opts: &Options, host: &Machine, took: Duration) -> 
             },
             host.nproc,
             if load_mean > host.nproc as f64 * 1.5 {
-                ": the machine was shared with other work, so the rate is lower than alone, \
-                 which does not change what grows"
+                ": the machine was shared with other work (the rate is lower than alone, and \
+                 more requests are in flight at once)"
             } else {
                 ""
             },
