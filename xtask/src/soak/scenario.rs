@@ -102,10 +102,13 @@ impl Scenario {
             Scenario::Autostop => format!(
                 "3 Machines, `auto_stop_machines = \"stop\"`, `min_machines_running = 1`, \
                  {} s idle time. Twice, the clients pause (a lull) until autostop has stopped \
-                 2 Machines, then resume for {} s: a client pinned to a stopped Machine is \
-                 replayed to it, which starts it ({cold} ms cold start). {common}",
+                 2 Machines, then resume for {} s, and until every Machine runs again (at \
+                 most {} s more): a client pinned to a stopped Machine is replayed to it, \
+                 which starts it once its stopping process has exited ({cold} ms cold \
+                 start). {common}",
                 IDLE.as_secs(),
-                WAKE.as_secs()
+                WAKE.as_secs(),
+                WAKE_MORE.as_secs()
             ),
             Scenario::Scale => format!(
                 "3 Machines; after {lead} s `fly scale count 6` (3 new Machines), {} s later \
@@ -189,8 +192,10 @@ pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Steady traffic before the first action and after the last.
 const LEAD: Duration = Duration::from_millis(2500);
 const IDLE: Duration = Duration::from_secs(1);
-/// How long the clients run after a lull.
+/// How long the clients run after a lull, at least; at most [`WAKE_MORE`]
+/// more until every Machine runs again.
 const WAKE: Duration = Duration::from_secs(4);
+const WAKE_MORE: Duration = Duration::from_secs(10);
 const AT_SIX: Duration = Duration::from_secs(3);
 const FAULT_FOR: Duration = Duration::from_millis(2500);
 const DELAY: Duration = Duration::from_millis(300);
@@ -461,6 +466,18 @@ async fn act(scenario: Scenario, sim: &FlySim, traffic: &Traffic) -> Result<Vec<
                 phases.push(phase(format!("lull {cycle} (autostop)"), from, woke));
                 traffic.pause(false);
                 until(traffic, woke + WAKE).await;
+                // Each cycle starts with every Machine running again (their
+                // clients' replays start them; a start waits for the stopped
+                // process to have exited), or gives up waiting after a while.
+                let deadline = traffic.now() + WAKE_MORE;
+                while traffic.now() < deadline
+                    && sim
+                        .machines()
+                        .iter()
+                        .any(|m| m.state != MachineState::Started)
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 from = traffic.now();
                 phases.push(phase(format!("wake {cycle} (cold starts)"), woke, from));
             }
