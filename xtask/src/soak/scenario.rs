@@ -244,8 +244,9 @@ struct Change {
 }
 
 /// Polls the proxy's table (every 2 ms) until `done`, teaching the traffic
-/// every new Machine ID and recording when each Machine leaves and rejoins
-/// the rotation.
+/// every new Machine ID and recording when each Machine leaves the rotation
+/// (the last poll that still saw it in) and rejoins it (the first poll that
+/// sees it back).
 async fn watch(
     sim: &FlySim,
     traffic: &Traffic,
@@ -253,14 +254,19 @@ async fn watch(
 ) -> Vec<Change> {
     let mut last: BTreeMap<String, (bool, String)> = BTreeMap::new();
     let mut changes = Vec::new();
+    // When the table was last read: a Machine seen out now may have left
+    // any time since (a poll can lag on a loaded machine), so its window
+    // opens then; one seen back closes its window now.
+    let mut previous = traffic.now();
     loop {
+        let polled = traffic.now();
         for m in sim.machines() {
             traffic.learn(&m.id);
             let now = (routable(&m), why_out(&m));
             let changed = last.get(&m.id).is_none_or(|was| *was != now);
             if changed {
                 changes.push(Change {
-                    at: traffic.now(),
+                    at: if now.0 { polled } else { previous },
                     id: m.id.clone(),
                     routable: now.0,
                     what: if now.0 {
@@ -275,6 +281,7 @@ async fn watch(
         if *done.borrow() {
             return changes;
         }
+        previous = polled;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
