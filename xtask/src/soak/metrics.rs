@@ -483,9 +483,16 @@ pub(crate) fn compute(records: &[Record], faults: &[Fault]) -> Figures {
         match fault.kind {
             FaultKind::Destroy => {
                 for list in visitors.values() {
-                    let Some(moved) = requests_until(list, fault, None, |r| {
-                        r.outcome.repinned_to().is_some_and(|m| m != fault.machine)
-                    }) else {
+                    // An answer from the destroyed Machine itself means it
+                    // was still there (the window opens at the last poll
+                    // that saw it in the rotation): not yet stranded.
+                    let Some(moved) = requests_until_skipping(
+                        list,
+                        fault,
+                        None,
+                        |r| r.outcome.repinned_to().is_some_and(|m| m != fault.machine),
+                        |r| r.outcome.served_by() == Some(fault.machine.as_str()),
+                    ) else {
                         continue;
                     };
                     if moved.requests != Some(1) {

@@ -724,9 +724,11 @@ pub(crate) fn markdown(runs: &[Run], opts: &Options, info: &MachineInfo) -> Stri
          22 to 36 say how they behave where Fly does not document it). Their clients run \
          until the scenario's actions are over and {lead} s more, rather than for a fixed \
          budget. Their fault windows are seen from outside: flysim's table is polled every \
-         2 ms, and a window opens when a Machine that was in the rotation leaves it (stopped \
+         2 ms, and a window opens at the last poll that saw a Machine in the rotation before \
+         it left it (stopped \
          or being updated by a deploy, stopped by autostop, destroyed, failing its health \
-         check) and closes when it is back in it (a destroyed one: at the end of the run); \
+         check) and closes at the first poll that sees it back (a destroyed one: at the end \
+         of the run); \
          the network faults' windows are the faults' own (a blackhole's until the response \
          timeout of the last request it swallowed). A client whose first request sent \
          inside a window is pinned to that Machine is *stranded*: its next request must be \

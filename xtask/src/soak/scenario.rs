@@ -102,10 +102,13 @@ impl Scenario {
             Scenario::Autostop => format!(
                 "3 Machines, `auto_stop_machines = \"stop\"`, `min_machines_running = 1`, \
                  {} s idle time. Twice, the clients pause (a lull) until autostop has stopped \
-                 2 Machines, then resume for {} s: a client pinned to a stopped Machine is \
-                 replayed to it, which starts it ({cold} ms cold start). {common}",
+                 2 Machines, then resume for {} s, and until every Machine runs again (at \
+                 most {} s more): a client pinned to a stopped Machine is replayed to it, \
+                 which starts it once its stopping process has exited ({cold} ms cold \
+                 start). {common}",
                 IDLE.as_secs(),
-                WAKE.as_secs()
+                WAKE.as_secs(),
+                WAKE_MORE.as_secs()
             ),
             Scenario::Scale => format!(
                 "3 Machines; after {lead} s `fly scale count 6` (3 new Machines), {} s later \
@@ -189,8 +192,10 @@ pub(crate) const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Steady traffic before the first action and after the last.
 const LEAD: Duration = Duration::from_millis(2500);
 const IDLE: Duration = Duration::from_secs(1);
-/// How long the clients run after a lull.
+/// How long the clients run after a lull, at least; at most [`WAKE_MORE`]
+/// more until every Machine runs again.
 const WAKE: Duration = Duration::from_secs(4);
+const WAKE_MORE: Duration = Duration::from_secs(10);
 const AT_SIX: Duration = Duration::from_secs(3);
 const FAULT_FOR: Duration = Duration::from_millis(2500);
 const DELAY: Duration = Duration::from_millis(300);
@@ -239,8 +244,9 @@ struct Change {
 }
 
 /// Polls the proxy's table (every 2 ms) until `done`, teaching the traffic
-/// every new Machine ID and recording when each Machine leaves and rejoins
-/// the rotation.
+/// every new Machine ID and recording when each Machine leaves the rotation
+/// (the last poll that still saw it in) and rejoins it (the first poll that
+/// sees it back).
 async fn watch(
     sim: &FlySim,
     traffic: &Traffic,
@@ -248,14 +254,19 @@ async fn watch(
 ) -> Vec<Change> {
     let mut last: BTreeMap<String, (bool, String)> = BTreeMap::new();
     let mut changes = Vec::new();
+    // When the table was last read: a Machine seen out now may have left
+    // any time since (a poll can lag on a loaded machine), so its window
+    // opens then; one seen back closes its window now.
+    let mut previous = traffic.now();
     loop {
+        let polled = traffic.now();
         for m in sim.machines() {
             traffic.learn(&m.id);
             let now = (routable(&m), why_out(&m));
             let changed = last.get(&m.id).is_none_or(|was| *was != now);
             if changed {
                 changes.push(Change {
-                    at: traffic.now(),
+                    at: if now.0 { polled } else { previous },
                     id: m.id.clone(),
                     routable: now.0,
                     what: if now.0 {
@@ -270,6 +281,7 @@ async fn watch(
         if *done.borrow() {
             return changes;
         }
+        previous = polled;
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
@@ -461,6 +473,18 @@ async fn act(scenario: Scenario, sim: &FlySim, traffic: &Traffic) -> Result<Vec<
                 phases.push(phase(format!("lull {cycle} (autostop)"), from, woke));
                 traffic.pause(false);
                 until(traffic, woke + WAKE).await;
+                // Each cycle starts with every Machine running again (their
+                // clients' replays start them; a start waits for the stopped
+                // process to have exited), or gives up waiting after a while.
+                let deadline = traffic.now() + WAKE_MORE;
+                while traffic.now() < deadline
+                    && sim
+                        .machines()
+                        .iter()
+                        .any(|m| m.state != MachineState::Started)
+                {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
                 from = traffic.now();
                 phases.push(phase(format!("wake {cycle} (cold starts)"), woke, from));
             }
