@@ -165,7 +165,11 @@ async fn command_machines_run_with_the_fly_environment() {
     assert_eq!(sim.machine(&ids[0]).unwrap().served, 2);
 
     // Each running Machine names its process.
-    let pid = sim.machine(&ids[0]).unwrap().pid.expect("a running child has a pid");
+    let pid = sim
+        .machine(&ids[0])
+        .unwrap()
+        .pid
+        .expect("a running child has a pid");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 
     // Stopping kills the process; a request forced to it starts a new one.
