@@ -2,7 +2,7 @@
 //! [--seed N] [--cache on] [--write] [FRAMEWORK..]` (issue 18, item 4): one
 //! framework at a time (axum unless others are listed) as 3 Machines behind
 //! flysim, no faults, [`REQUESTS`] requests of the soak's mix from
-//! [`traffic`](super::traffic), every answer checked as in every soak; every
+//! [`traffic`], every answer checked as in every soak; every
 //! [`EVERY`] the resident memory (`VmRSS`) and open file descriptors of each
 //! Machine's process and of this one (it hosts flysim and the clients) are
 //! sampled. [`judge`] says whether they stayed flat; the run fails if not,
