@@ -322,13 +322,13 @@ pub(crate) fn pin_cookie_rule() -> Result<ReplayCacheRule, String> {
 
 /// One framework in one scenario: the cluster, the clients, the faults,
 /// the figures.
-async fn soak(
-    framework: &str,
+/// 3 Machines of `binary` as every soak runs them (the long run too), with
+/// the replay cache's pin cookie rule when `cache`.
+pub(crate) fn cluster(
     binary: &Path,
     opts: &Options,
     cache: bool,
-    scenario: Scenario,
-) -> Result<Run, String> {
+) -> Result<(Config, Launch), String> {
     let launch = Launch::command(binary.to_string_lossy().into_owned(), Vec::<String>::new())
         .env("DRAIN_SECONDS", opts.drain_seconds.to_string());
     let config = Config::default()
@@ -347,6 +347,17 @@ async fn soak(
     } else {
         config
     };
+    Ok((config, launch))
+}
+
+async fn soak(
+    framework: &str,
+    binary: &Path,
+    opts: &Options,
+    cache: bool,
+    scenario: Scenario,
+) -> Result<Run, String> {
+    let (config, launch) = cluster(binary, opts, cache)?;
     let config = scenario.config(config);
     let sim = FlySim::start(config, launch)
         .await

@@ -15,11 +15,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use flysim::{ChildOutput, Config, FlySim, Launch, Signal};
+use flysim::FlySim;
 
+use super::Options;
 use super::metrics::{self, Figures};
 use super::traffic::{self, Traffic};
-use super::{Options, pin_cookie_rule};
 use crate::machine::{Machine, duration};
 use crate::{FRAMEWORKS, build_examples, root};
 
@@ -439,22 +439,7 @@ async fn long_run(
     opts: &Options,
     cache: bool,
 ) -> Result<LongRun, String> {
-    let launch = Launch::command(binary.to_string_lossy().into_owned(), Vec::<String>::new())
-        .env("DRAIN_SECONDS", opts.drain_seconds.to_string());
-    let config = Config::default()
-        .machines(3)
-        .admin_addr(None)
-        .app_name("sticky-soak")
-        .child_output(ChildOutput::Null)
-        .quiet(true)
-        .ready_timeout(Duration::from_secs(30))
-        .kill_signal(Some(Signal::Term))
-        .kill_timeout(Duration::from_secs(opts.drain_seconds + 10));
-    let config = if cache {
-        config.replay_cache(pin_cookie_rule()?)
-    } else {
-        config
-    };
+    let (config, launch) = super::cluster(binary, opts, cache)?;
     let sim = FlySim::start(config, launch)
         .await
         .map_err(|e| format!("{framework}: flysim did not start: {e}"))?;
