@@ -91,32 +91,34 @@ pub const ROOM_CACHE_TTL: Duration = Duration::from_secs(60);
 /// Machine directly; a replay would answer for another Machine).
 pub const NEVER_STICKY: [&str; 2] = ["/health", "/metrics"];
 
+/// `GET <path>` with a pin to another Machine: only an exclusion keeps it here.
+pub struct PinnedElsewhere<'p>(pub &'p str);
+
+impl sticky_core::RequestView for PinnedElsewhere<'_> {
+    fn method(&self) -> &str {
+        "GET"
+    }
+    fn path(&self) -> &str {
+        self.0
+    }
+    fn query(&self) -> Option<&str> {
+        None
+    }
+    fn header_values<'a>(
+        &'a self,
+        name: &str,
+        each: &mut dyn FnMut(&'a [u8]) -> std::ops::ControlFlow<()>,
+    ) {
+        if name == "cookie" {
+            let _ = each(b"fly-machine-id=90801679a10038");
+        }
+    }
+}
+
 /// Checks that `sticky` (an example's own engine, as its binary builds it)
 /// leaves every path of [`NEVER_STICKY`] alone, even for a request pinned to
 /// another Machine: `Err` names the first one it would not.
 pub fn check_never_sticky(sticky: &Sticky) -> Result<(), String> {
-    /// `GET <path>` with a pin to another Machine: only an exclusion keeps it here.
-    struct PinnedElsewhere(&'static str);
-    impl sticky_core::RequestView for PinnedElsewhere {
-        fn method(&self) -> &str {
-            "GET"
-        }
-        fn path(&self) -> &str {
-            self.0
-        }
-        fn query(&self) -> Option<&str> {
-            None
-        }
-        fn header_values<'a>(
-            &'a self,
-            name: &str,
-            each: &mut dyn FnMut(&'a [u8]) -> std::ops::ControlFlow<()>,
-        ) {
-            if name == "cookie" {
-                let _ = each(b"fly-machine-id=90801679a10038");
-            }
-        }
-    }
     for path in NEVER_STICKY {
         let reason = sticky.decide(&PinnedElsewhere(path)).reason();
         if reason != sticky_core::Reason::PathExcluded {

@@ -61,7 +61,7 @@ fn the_deploy_kit_agrees_with_the_code() {
     let sticky = conformance::contract_sticky(Env::machine("148ed599c14189")).unwrap();
     for check in checks {
         let path = check["path"].as_str().expect("a check path");
-        let req = http_get(path);
+        let req = conformance::PinnedElsewhere(path);
         assert_eq!(sticky.decide(&req).reason(), Reason::PathExcluded, "{path}");
     }
 
@@ -75,37 +75,9 @@ fn the_deploy_kit_agrees_with_the_code() {
         "{path} must be one of the examples' never-sticky paths"
     );
     assert_eq!(
-        sticky.decide(&http_get(path)).reason(),
+        sticky.decide(&conformance::PinnedElsewhere(path)).reason(),
         Reason::PathExcluded,
         "{path}"
     );
     conformance::check_never_sticky(&sticky).unwrap();
-}
-
-fn http_get(path: &str) -> TestRequest {
-    TestRequest(path.to_owned())
-}
-
-/// A bare `GET path`, pinned elsewhere: only an exclusion keeps it here.
-struct TestRequest(String);
-
-impl sticky_core::RequestView for TestRequest {
-    fn method(&self) -> &str {
-        "GET"
-    }
-    fn path(&self) -> &str {
-        &self.0
-    }
-    fn query(&self) -> Option<&str> {
-        None
-    }
-    fn header_values<'a>(
-        &'a self,
-        name: &str,
-        each: &mut dyn FnMut(&'a [u8]) -> std::ops::ControlFlow<()>,
-    ) {
-        if name == "cookie" {
-            let _ = each(b"fly-machine-id=90801679a10038");
-        }
-    }
 }
