@@ -80,8 +80,18 @@ impl Sticky {
             match source {
                 Source::Cookie => {
                     let scanner = &self.inner.scanner;
+                    // `consider` stops at this Machine's ID unless cookies
+                    // are signed (a signed value is never the bare ID).
+                    #[cfg(feature = "signed")]
+                    let likely = if self.inner.signer.is_some() {
+                        &b""[..]
+                    } else {
+                        me.as_bytes()
+                    };
+                    #[cfg(not(feature = "signed"))]
+                    let likely = me.as_bytes();
                     seen.each(req, self.inner.cookie_slot, "cookie", &mut |field| {
-                        if scanner.scan(field, me.as_bytes(), &mut consider) {
+                        if scanner.scan(field, likely, &mut consider) {
                             ControlFlow::Break(())
                         } else {
                             ControlFlow::Continue(())

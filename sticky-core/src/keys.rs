@@ -487,6 +487,7 @@ fn index(i: usize) -> u16 {
 }
 
 /// Finds the key for a request from one source.
+#[inline]
 pub(crate) fn key_of<'a, V: RequestView>(
     source: &'a CompiledKey,
     req: &'a V,
