@@ -6,11 +6,16 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::config::ConfigError;
 use crate::decision::Reason;
 use crate::engine::Sticky;
+use crate::seen::PathOnce;
 use crate::view::RequestView;
 
 impl Sticky {
     /// Row 2: requests the engine leaves alone.
-    pub(crate) fn filtered<V: RequestView>(&self, req: &V) -> Option<Reason> {
+    pub(crate) fn filtered<V: RequestView>(
+        &self,
+        req: &V,
+        path: &PathOnce<'_, V>,
+    ) -> Option<Reason> {
         let inner = &*self.inner;
         let method = req.method();
         if inner.skip_preflight
@@ -23,12 +28,12 @@ impl Sticky {
             return Some(Reason::MethodSkipped);
         }
         if let Some(include) = &inner.include
-            && !include.matches(req.path())
+            && !include.matches(path.get())
         {
             return Some(Reason::PathNotIncluded);
         }
         if let Some(exclude) = &inner.exclude
-            && exclude.matches(req.path())
+            && exclude.matches(path.get())
         {
             return Some(Reason::PathExcluded);
         }

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use crate::decision::Rejected;
 use crate::engine::Sticky;
-use crate::seen::Seen;
+use crate::seen::{PathOnce, Seen};
 use crate::target::{self, Source};
 use crate::view::RequestView;
 
@@ -55,6 +55,7 @@ impl Sticky {
     pub(crate) fn find_target<'a, V: RequestView>(
         &self,
         req: &'a V,
+        path: &PathOnce<'a, V>,
         seen: &Seen<'a>,
         me: &str,
         now: u64,
@@ -104,7 +105,7 @@ impl Sticky {
                     }
                 }
                 Source::Key => {
-                    if let Some(t) = self.key_target(req, seen) {
+                    if let Some(t) = self.key_target(req, path, seen) {
                         return Found::Target(t);
                     }
                 }
