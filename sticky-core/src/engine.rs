@@ -3,6 +3,7 @@
 //! (`filter`: row 2, `find`: targets, `body`: row 6, `render`: headers,
 //! `keys`: key affinity, `compile`: the builder's checks).
 
+use std::cell::OnceCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -236,8 +237,9 @@ impl Sticky {
             return Outcome::Stick(reason);
         }
         let seen = Seen::of(req, &inner.read_headers);
-        let away = match self.find_target(req, &path, &seen, me, now) {
-            Found::Target(t) if !target::same_bytes(t.id.bytes(), me.as_bytes()) => Away::Pinned {
+        let live = OnceCell::new();
+        let away = match self.find_target(req, &path, &seen, &live, me, now) {
+            Found::Target(t) if !target::same_bytes(t.id, me.as_bytes()) => Away::Pinned {
                 target: t,
                 draining,
             },
@@ -305,7 +307,7 @@ impl Sticky {
             // Row 7.
             Away::Pinned { target, .. } => Outcome::Replay(
                 self.replay_to(
-                    target.id.bytes(),
+                    target.id,
                     body,
                     self.cache_header(&target, routed.cache_hit),
                 ),

@@ -1,10 +1,13 @@
 //! Where a request names its Machine: the configured sources in order,
 //! each value validated (format, signature) before it is used.
 
+use std::cell::OnceCell;
 use std::ops::ControlFlow;
+use std::sync::Arc;
 
 use crate::decision::Rejected;
 use crate::engine::Sticky;
+use crate::keys::PeerSet;
 use crate::seen::{PathOnce, Seen};
 use crate::target::{self, Source};
 use crate::view::RequestView;
@@ -16,31 +19,10 @@ pub(crate) enum Found<'a> {
     Target(Target<'a>),
 }
 
-/// A target ID: borrowed from the request, or copied from the live set.
-#[derive(Clone, Copy)]
-pub(crate) enum Id<'a> {
-    Request(&'a [u8]),
-    Peer([u8; target::MAX_TARGET_LEN], u8),
-}
-
-impl Id<'_> {
-    pub(crate) fn peer(id: &str) -> Option<Self> {
-        let mut buf = [0; target::MAX_TARGET_LEN];
-        buf.get_mut(..id.len())?.copy_from_slice(id.as_bytes());
-        Some(Id::Peer(buf, u8::try_from(id.len()).ok()?))
-    }
-
-    pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Id::Request(b) => b,
-            Id::Peer(buf, len) => &buf[..usize::from(*len)],
-        }
-    }
-}
-
 #[derive(Clone, Copy)]
 pub(crate) struct Target<'a> {
-    pub(crate) id: Id<'a>,
+    /// Borrowed from the request, or from the live set (a key's).
+    pub(crate) id: &'a [u8],
     pub(crate) source: Source,
     /// `(issued, seen)` of a signed cookie.
     pub(crate) stamps: Option<(u64, u64)>,
@@ -52,11 +34,13 @@ pub(crate) struct Target<'a> {
 
 impl Sticky {
     /// Consults the sources in order; the first valid target wins.
-    pub(crate) fn find_target<'a, V: RequestView>(
+    /// A key's target borrows its ID from `live`.
+    pub(crate) fn find_target<'a, 'p: 'a, V: RequestView>(
         &self,
         req: &'a V,
-        path: &PathOnce<'a, V>,
+        path: &PathOnce<'p, V>,
         seen: &Seen<'a>,
+        live: &'a OnceCell<Arc<PeerSet>>,
         me: &str,
         now: u64,
     ) -> Found<'a> {
@@ -91,6 +75,19 @@ impl Sticky {
                     };
                     #[cfg(not(feature = "signed"))]
                     let likely = me.as_bytes();
+                    // The common request, settled without the scan's
+                    // machinery: one `Cookie` field, our pin at an end of
+                    // it naming this Machine (which settles duplicates).
+                    if let Some(field) = seen.single(self.inner.cookie_slot)
+                        && let Some(id) = scanner.likely_at_an_end(field, likely)
+                    {
+                        return Found::Target(Target {
+                            id,
+                            source,
+                            stamps: None,
+                            room: None,
+                        });
+                    }
                     seen.each(req, self.inner.cookie_slot, "cookie", &mut |field| {
                         if scanner.scan(field, likely, &mut consider) {
                             ControlFlow::Break(())
@@ -105,7 +102,7 @@ impl Sticky {
                     }
                 }
                 Source::Key => {
-                    if let Some(t) = self.key_target(req, path, seen) {
+                    if let Some(t) = self.key_target(req, path, seen, live) {
                         return Found::Target(t);
                     }
                 }
@@ -145,7 +142,7 @@ impl Sticky {
             let v = signer.verify(raw, now)?;
             return if self.inner.format.accepts_bytes(v.id) {
                 let target = Target {
-                    id: Id::Request(v.id),
+                    id: v.id,
                     source,
                     stamps: Some((v.issued, v.seen)),
                     room: None,
@@ -161,7 +158,7 @@ impl Sticky {
         let mine = target::same_bytes(raw, me.as_bytes());
         if mine || self.inner.format.accepts_bytes(raw) {
             let target = Target {
-                id: Id::Request(raw),
+                id: raw,
                 source,
                 stamps: None,
                 room: None,

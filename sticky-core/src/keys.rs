@@ -6,11 +6,12 @@
 //! Keys never leave the engine: only the chosen Machine's ID, which passed
 //! the target format when the live set was given, reaches a header.
 
+use std::cell::OnceCell;
 use std::fmt;
 use std::sync::{Arc, PoisonError};
 
 use crate::engine::Sticky;
-use crate::find::{Id, Target};
+use crate::find::Target;
 use crate::seen::{PathOnce, Seen, Slot};
 use crate::target::Source;
 use crate::view::RequestView;
@@ -590,11 +591,15 @@ pub(crate) enum CompiledKey {
 impl Sticky {
     /// The Machine a request's key maps to, from the first key source that
     /// yields a key, when the live set is not empty.
-    pub(crate) fn key_target<'a, V: RequestView>(
+    ///
+    /// The live set is fetched into `live` (once a key is found), which
+    /// the target's ID borrows from.
+    pub(crate) fn key_target<'a, 'p: 'a, V: RequestView>(
         &self,
         req: &'a V,
-        path: &PathOnce<'a, V>,
+        path: &PathOnce<'p, V>,
         seen: &Seen<'a>,
+        live: &'a OnceCell<Arc<PeerSet>>,
     ) -> Option<Target<'a>> {
         let inner = &*self.inner;
         if inner.keys.is_empty() {
@@ -604,12 +609,11 @@ impl Sticky {
         // The live set is fetched once a key is found: requests without a
         // key (most, when keys and cookies are mixed) never touch its lock,
         // whose cache line would otherwise bounce between worker threads.
-        let mut peers: Option<Arc<PeerSet>> = None;
         let mut id = None;
         for source in &inner.keys {
             if key_of(source, req, path, seen, inner.cookie_slot, &mut |key| {
-                let set = peers.get_or_insert_with(|| self.peers());
-                id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
+                let set = live.get_or_init(|| self.peers());
+                id = set.pick(key, region).map(|p| p.id().as_bytes());
                 id.is_some()
             }) {
                 let room = match source {
@@ -625,7 +629,7 @@ impl Sticky {
                     room,
                 });
             }
-            if peers.as_ref().is_some_and(|set| set.is_empty()) {
+            if live.get().is_some_and(|set| set.is_empty()) {
                 return None;
             }
         }

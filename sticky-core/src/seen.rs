@@ -115,6 +115,17 @@ impl<'a, const N: usize> Seen<'a, N> {
         }
     }
 
+    /// The value of the header at `slot` when it came exactly once; `None`
+    /// when it did not come, came more than once, or has no slot.
+    #[inline]
+    pub(crate) fn single(&self, slot: Slot) -> Option<&'a [u8]> {
+        let i = usize::from(slot.0);
+        match self.first.get(i) {
+            Some(v) if self.more & (1 << (i % 8)) == 0 => *v,
+            _ => None,
+        }
+    }
+
     /// Whether the header `name` (at `slot`) is present.
     #[inline]
     pub(crate) fn has<V: RequestView>(&self, req: &'a V, slot: Slot, name: &str) -> bool {

@@ -239,7 +239,7 @@ impl CookieScanner {
     /// optional whitespace, or alone): pairs the full scan would yield with
     /// exactly this value.
     #[inline]
-    fn likely_at_an_end<'a>(&self, field: &'a [u8], likely: &[u8]) -> Option<&'a [u8]> {
+    pub(crate) fn likely_at_an_end<'a>(&self, field: &'a [u8], likely: &[u8]) -> Option<&'a [u8]> {
         let n = self.len;
         let pair = n + likely.len();
         if likely.is_empty() || field.len() < pair {

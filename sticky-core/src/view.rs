@@ -108,7 +108,16 @@ pub struct HeaderNames {
     /// Empty when one of the names is no valid header name.
     #[cfg(feature = "http")]
     parsed: Vec<http::HeaderName>,
+    /// Bit `n` (`n` < 63): a name is `n` bytes long; bit 63: one is longer.
+    /// Most fields of a request are then passed over in one test.
+    lengths: u64,
     prepared: Prepared,
+}
+
+/// The bit of [`HeaderNames::lengths`] for a name of `len` bytes.
+#[inline]
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 /// What [`HeaderNames::prepared`] keeps: one value, made on first use.
@@ -161,6 +170,7 @@ impl HeaderNames {
                 .map(|n| http::HeaderName::from_bytes(n.as_bytes()))
                 .collect::<Result<_, _>>()
                 .unwrap_or_default(),
+            lengths: out.iter().fold(0, |bits, n| bits | length_bit(n.len())),
             names: out,
             prepared: Prepared::default(),
         }
@@ -201,6 +211,9 @@ impl HeaderNames {
         let field = field.as_bytes();
         // Lengths and first bytes rule out almost every field a request
         // carries before any full comparison.
+        if self.lengths & length_bit(field.len()) == 0 {
+            return None;
+        }
         self.names.iter().position(|name| {
             let name = name.as_bytes();
             name.len() == field.len()
@@ -369,7 +382,8 @@ mod http_impls {
             return;
         }
         for (field, value) in map {
-            if let Some(i) = names.parsed.iter().position(|n| n == field)
+            if names.lengths & length_bit(field.as_str().len()) != 0
+                && let Some(i) = names.parsed.iter().position(|n| n == field)
                 && each(i, value.as_bytes()).is_break()
             {
                 return;
