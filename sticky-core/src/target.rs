@@ -238,7 +238,9 @@ impl CookieScanner {
     /// `name=likely` (then `;` or the end) or ends with it (after `;` and
     /// optional whitespace, or alone): pairs the full scan would yield with
     /// exactly this value.
-    #[inline]
+    // Always: the Stick path's one call; left out of line (rocket's build
+    // does), it costs twice as much.
+    #[inline(always)]
     pub(crate) fn likely_at_an_end<'a>(&self, field: &'a [u8], likely: &[u8]) -> Option<&'a [u8]> {
         let n = self.len;
         let pair = n + likely.len();
