@@ -17,7 +17,7 @@ use crate::render::CookieAttrs;
 use crate::seen::Slot;
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
-use crate::target::{self, CookieScanner, Source};
+use crate::target::{self, CookieScanner, PinPair, Source};
 use crate::view::HeaderNames;
 
 /// A query parameter name we can match raw.
@@ -235,12 +235,18 @@ impl Builder {
             drain_replay.push_str(";state=");
             drain_replay.push_str(state);
         }
+        // A signed cookie is never the bare ID: nothing to look for.
+        let pin_pair = me
+            .as_deref()
+            .filter(|_| !signed)
+            .map(|id| PinPair::new(name, id));
         let initial_peers = self.peers;
         let sticky = Sticky {
             inner: Arc::new(Inner {
                 me,
                 draining: AtomicBool::new(false),
                 scanner: CookieScanner::new(name),
+                pin_pair,
                 sources: self.sources,
                 query_param: self.query_param,
                 header_source,

@@ -17,7 +17,7 @@ use crate::render::{CookieAttrs, refusal};
 use crate::seen::{PathOnce, Seen, Slot};
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
-use crate::target::{self, CookieScanner, Source, TargetFormat};
+use crate::target::{self, CookieScanner, PinPair, Source, TargetFormat};
 use crate::view::{HeaderNames, RequestView};
 
 /// The sticky-session engine: configuration plus this Machine's identity.
@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) me: Option<Box<str>>,
     pub(crate) draining: AtomicBool,
     pub(crate) scanner: CookieScanner,
+    /// `name=<this Machine>`, for the Stick path (`None`: signed cookies).
+    pub(crate) pin_pair: Option<PinPair>,
     pub(crate) sources: Vec<Source>,
     pub(crate) query_param: String,
     pub(crate) header_source: Option<String>,

@@ -78,8 +78,9 @@ impl Sticky {
                     // The common request, settled without the scan's
                     // machinery: one `Cookie` field, our pin at an end of
                     // it naming this Machine (which settles duplicates).
-                    if let Some(field) = seen.single(self.inner.cookie_slot)
-                        && let Some(id) = scanner.likely_at_an_end(field, likely)
+                    if let Some(pin) = &self.inner.pin_pair
+                        && let Some(field) = seen.single(self.inner.cookie_slot)
+                        && let Some(id) = pin.at_an_end(field)
                     {
                         return Found::Target(Target {
                             id,

@@ -264,6 +264,78 @@ impl CookieScanner {
     }
 }
 
+/// The pair `name=id` naming this Machine, rendered once, for the
+/// Stick path's look at both ends of a `Cookie` field: the same answer as
+/// [`CookieScanner::likely_at_an_end`] with `id`, in whole-word compares.
+#[derive(Clone, Debug)]
+pub(crate) struct PinPair {
+    pair: Box<[u8]>,
+    /// Where the ID starts in `pair`.
+    value_at: usize,
+}
+
+impl PinPair {
+    pub(crate) fn new(name: &str, id: &str) -> Self {
+        let mut pair = Vec::with_capacity(name.len() + 1 + id.len());
+        pair.extend_from_slice(name.as_bytes());
+        pair.push(b'=');
+        pair.extend_from_slice(id.as_bytes());
+        Self {
+            value_at: name.len() + 1,
+            pair: pair.into_boxed_slice(),
+        }
+    }
+
+    /// The ID, borrowed from `field`, when `field` starts with the pair
+    /// (then `;` or the end) or ends with it after a pair boundary.
+    #[inline(always)]
+    pub(crate) fn at_an_end<'a>(&self, field: &'a [u8]) -> Option<&'a [u8]> {
+        let n = self.pair.len();
+        if self.value_at == n || field.len() < n {
+            return None;
+        }
+        let at = field.len() - n;
+        // `; ` before the pair, as every user agent joins pairs, is tested
+        // first; any other whitespace walks back.
+        if at > 0
+            && same_words(&field[at..], &self.pair)
+            && (field[..at].ends_with(b"; ") || starts_pair(field, at))
+        {
+            return Some(&field[at + self.value_at..]);
+        }
+        if matches!(field.get(n), None | Some(b';')) && same_words(&field[..n], &self.pair) {
+            return Some(&field[self.value_at..n]);
+        }
+        None
+    }
+}
+
+/// `a == b` 8 bytes at a time (the last word overlapping), for the pin
+/// pair of about 30 bytes.
+#[inline]
+fn same_words(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    if n < 8 {
+        return a == b;
+    }
+    let word = |s: &[u8], at: usize| {
+        let mut w = [0; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    };
+    let mut i = 0;
+    while i + 8 < n {
+        if word(a, i) != word(b, i) {
+            return false;
+        }
+        i += 8;
+    }
+    word(a, n - 8) == word(b, n - 8)
+}
+
 /// Whether `s` is `name` followed by `=` (`s` is one byte longer).
 #[inline]
 fn same_prefix(s: &[u8], name: &[u8]) -> bool {
@@ -406,6 +478,55 @@ mod tests {
             } else {
                 assert_eq!(fast, full, "{field:?}");
             }
+        }
+    }
+
+    /// The rendered pair answers as the scanner's shortcut does.
+    #[test]
+    fn the_pin_pair_agrees_with_the_shortcut() {
+        let s = CookieScanner::new("fly-machine-id");
+        let me = "148ed599c14189";
+        let pair = PinPair::new("fly-machine-id", me);
+        for field in [
+            "fly-machine-id=148ed599c14189",
+            "a=1; fly-machine-id=148ed599c14189",
+            "a=1;fly-machine-id=148ed599c14189",
+            "a=1;\t fly-machine-id=148ed599c14189",
+            "a=1 fly-machine-id=148ed599c14189",
+            "a=fly-machine-id=148ed599c14189",
+            "a=1; xfly-machine-id=148ed599c14189",
+            "a=1; fly-machine-id=x148ed599c14189",
+            "a=1; fly-machine-id=048ed599c14189",
+            "a=1; fly-machine-id=148ed599c14188",
+            "fly-machine-id=148ed599c14189; b=2",
+            "fly-machine-id=148ed599c14189;",
+            "fly-machine-id=148ed599c14189x",
+            "fly-machine-id=148ed599c14189 ",
+            "fly-machine-id=148ed599c1418",
+            "fly-machine-id=90801679a10038",
+            "xfly-machine-id=148ed599c14189",
+            "",
+            "fly-machine-id=",
+        ] {
+            assert_eq!(
+                pair.at_an_end(field.as_bytes()),
+                s.likely_at_an_end(field.as_bytes(), me.as_bytes()),
+                "{field:?}"
+            );
+        }
+        for (a, b) in [
+            ("", ""),
+            ("a", "a"),
+            ("a", "b"),
+            ("0123456789abcdefXYZ", "0123456789abcdefXYZ"),
+            ("0123456789abcdefXYZ", "0123456789abcdeeXYZ"),
+            ("0123456789abcdefXYZ", "0123456789abcdefXYY"),
+        ] {
+            assert_eq!(
+                same_words(a.as_bytes(), b.as_bytes()),
+                a == b,
+                "{a:?} {b:?}"
+            );
         }
     }
 
