@@ -22,10 +22,18 @@ const T: &str = "90801679a10038";
 const COOKIES: &str = "_ga=GA1.1.1234567890.1700000000; theme=dark; session=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIn0.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV; lang=en-GB; fly-machine-id=";
 
 /// The paths, with what each measures (for the report).
-const PATHS: [(&str, &str); 13] = [
+const PATHS: [(&str, &str); 15] = [
     (
         "stick",
         "Stick: the cookie names this Machine, default settings",
+    ),
+    (
+        "stick/pin-first",
+        "the same, our pin first of the 5 cookies (as user agents order a pin set on a first visit)",
+    ),
+    (
+        "stick/pin-middle",
+        "the same, our pin third of the 5: the one place the Cookie header is searched",
     ),
     (
         "stick/uncounted",
@@ -120,6 +128,22 @@ fn setup(path: &str) -> Option<(Sticky, http::Request<()>, Check)> {
     let default = || Sticky::builder().build(Env::machine(S)).unwrap();
     Some(match path {
         "stick" => (default(), request(Some(S)), stick),
+        "stick/pin-first" | "stick/pin-middle" => {
+            let ours = format!("fly-machine-id={S}");
+            let mut pairs: Vec<&str> = COOKIES
+                .trim_end_matches("; fly-machine-id=")
+                .split("; ")
+                .collect();
+            pairs.insert(if path == "stick/pin-first" { 0 } else { 2 }, &ours);
+            let req = http::Request::get("/cart/items?page=2")
+                .header("host", "app.fly.dev")
+                .header("accept", "text/html")
+                .header("x-forwarded-proto", "https")
+                .header("cookie", pairs.join("; "))
+                .body(())
+                .unwrap();
+            (default(), req, stick)
+        }
         "stick/uncounted" => (
             {
                 heap_as_if_counted();
