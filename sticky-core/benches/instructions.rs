@@ -13,7 +13,7 @@
 
 use std::hint::black_box;
 
-use sticky_core::{Env, KeySource, Outcome, Peer, Reason, Source, Sticky};
+use sticky_core::{Env, KeySource, Outcome, Peer, Reason, ReplayCache, Source, Sticky};
 
 const S: &str = "148ed599c14189";
 const T: &str = "90801679a10038";
@@ -70,13 +70,18 @@ fn request(cookie: Option<&str>) -> http::Request<()> {
     b.body(()).unwrap()
 }
 
-/// The examples' settings (`conformance::contract_sticky`), with the
-/// decision counters on (the default) or off.
+/// The examples' settings (`conformance::contract_sticky`, written out:
+/// the core's benches do not depend on the test crates), with the decision
+/// counters on (the default) or off.
 fn contract_counting(env: Env, count: bool) -> Sticky {
     Sticky::builder()
         .exclude(["/health", "/metrics"])
         .sources([Source::Key, Source::Cookie, Source::Query])
         .key_source(KeySource::Header("x-tenant-id".into()))
+        .key_source(KeySource::PathSegment("/rooms/".into()))
+        .replay_cache(ReplayCache::Path {
+            ttl: std::time::Duration::from_secs(60),
+        })
         .count_decisions(count)
         .build(env)
         .unwrap()

@@ -13,7 +13,7 @@ use crate::find::{Found, Target};
 use crate::keys::{CompiledKey, PeerSet};
 use crate::metrics::Counters;
 use crate::render::{CookieAttrs, refusal};
-use crate::seen::{Seen, Slot};
+use crate::seen::{PathOnce, Seen, Slot};
 #[cfg(feature = "signed")]
 use crate::signed::Signer;
 use crate::target::{self, CookieScanner, Source, TargetFormat};
@@ -186,11 +186,12 @@ impl Sticky {
     /// inputs always give the same decision.
     pub fn decide_at<V: RequestView>(&self, req: &V, now: u64) -> Decision {
         let draining = self.is_draining();
+        let outcome = self.outcome(req, now, draining);
+        self.count(&outcome);
         let decision = Decision {
-            outcome: self.outcome(req, now, draining),
+            outcome,
             close: draining,
         };
-        self.count(&decision);
         #[cfg(feature = "tracing")]
         tracing::debug!(
             method = req.method(),
@@ -206,19 +207,19 @@ impl Sticky {
     /// (e.g. `StickyLayer::skip_if`): served here untouched, except that it
     /// still closes its connection while draining.
     pub fn skipped(&self) -> Decision {
-        let decision = Decision {
-            outcome: Outcome::Stick(Reason::Skipped),
+        let outcome = Outcome::Stick(Reason::Skipped);
+        self.count(&outcome);
+        Decision {
+            outcome,
             close: self.is_draining(),
-        };
-        self.count(&decision);
-        decision
+        }
     }
 
     /// Counts a finished decision for [`metrics`](Self::metrics).
     #[inline]
-    fn count(&self, decision: &Decision) {
+    fn count(&self, outcome: &Outcome) {
         if let Some(counters) = &self.inner.counters {
-            counters.count(&decision.outcome);
+            counters.count(outcome);
         }
     }
 
@@ -230,11 +231,12 @@ impl Sticky {
             return Outcome::Stick(Reason::Disabled);
         };
         // Row 2.
-        if let Some(reason) = self.filtered(req) {
+        let path = PathOnce::new(req);
+        if let Some(reason) = self.filtered(req, &path) {
             return Outcome::Stick(reason);
         }
         let seen = Seen::of(req, &inner.read_headers);
-        let away = match self.find_target(req, &seen, me, now) {
+        let away = match self.find_target(req, &path, &seen, me, now) {
             Found::Target(t) if !target::same_bytes(t.id.bytes(), me.as_bytes()) => Away::Pinned {
                 target: t,
                 draining,

@@ -6,11 +6,16 @@ use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use crate::config::ConfigError;
 use crate::decision::Reason;
 use crate::engine::Sticky;
+use crate::seen::PathOnce;
 use crate::view::RequestView;
 
 impl Sticky {
     /// Row 2: requests the engine leaves alone.
-    pub(crate) fn filtered<V: RequestView>(&self, req: &V) -> Option<Reason> {
+    pub(crate) fn filtered<V: RequestView>(
+        &self,
+        req: &V,
+        path: &PathOnce<'_, V>,
+    ) -> Option<Reason> {
         let inner = &*self.inner;
         let method = req.method();
         if inner.skip_preflight
@@ -23,12 +28,12 @@ impl Sticky {
             return Some(Reason::MethodSkipped);
         }
         if let Some(include) = &inner.include
-            && !include.matches(req.path())
+            && !include.matches(path.get())
         {
             return Some(Reason::PathNotIncluded);
         }
         if let Some(exclude) = &inner.exclude
-            && exclude.matches(req.path())
+            && exclude.matches(path.get())
         {
             return Some(Reason::PathExcluded);
         }
@@ -48,14 +53,23 @@ impl Sticky {
 /// comparison skips globset's hashing of every request path.
 pub(crate) struct PathSet {
     literals: Vec<Box<str>>,
+    /// Bit `n` (`n` < 63): some literal is `n` bytes long; bit 63: one is
+    /// longer. Most paths then rule every literal out in one test.
+    lengths: u64,
     globs: Option<GlobSet>,
 }
 
 impl PathSet {
+    #[inline]
     pub(crate) fn matches(&self, path: &str) -> bool {
-        self.literals.iter().any(|l| **l == *path)
+        (self.lengths & length_bit(path.len()) != 0 && self.literals.iter().any(|l| **l == *path))
             || self.globs.as_ref().is_some_and(|g| g.is_match(path))
     }
+}
+
+#[inline]
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 pub(crate) fn glob_set(
@@ -65,7 +79,7 @@ pub(crate) fn glob_set(
     if patterns.is_empty() {
         return Ok(None);
     }
-    let mut literals = Vec::new();
+    let mut literals: Vec<Box<str>> = Vec::new();
     let mut globs = GlobSetBuilder::new();
     let mut glob_patterns = Vec::new();
     for pattern in patterns {
@@ -94,7 +108,14 @@ pub(crate) fn glob_set(
             source,
         })?)
     };
-    Ok(Some(PathSet { literals, globs }))
+    let lengths = literals
+        .iter()
+        .fold(0, |bits, l| bits | length_bit(l.len()));
+    Ok(Some(PathSet {
+        literals,
+        lengths,
+        globs,
+    }))
 }
 
 #[cfg(test)]
@@ -127,6 +148,16 @@ mod tests {
         ] {
             assert_eq!(set.matches(path), hit, "{path}");
         }
+        // Literals past the length bitmap's 63 bits share its last bit.
+        let long = format!("/{}", "a".repeat(70));
+        let set = glob_set("exclude", &[long.clone(), "/a".into()])
+            .unwrap()
+            .unwrap();
+        assert!(set.matches(&long));
+        assert!(set.matches("/a"));
+        assert!(!set.matches(&format!("/{}", "a".repeat(64))));
+        assert!(!set.matches(&format!("/{}b", "a".repeat(69))));
+        assert!(!set.matches("/b"));
     }
 
     proptest! {

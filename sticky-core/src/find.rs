@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 
 use crate::decision::Rejected;
 use crate::engine::Sticky;
-use crate::seen::Seen;
+use crate::seen::{PathOnce, Seen};
 use crate::target::{self, Source};
 use crate::view::RequestView;
 
@@ -55,6 +55,7 @@ impl Sticky {
     pub(crate) fn find_target<'a, V: RequestView>(
         &self,
         req: &'a V,
+        path: &PathOnce<'a, V>,
         seen: &Seen<'a>,
         me: &str,
         now: u64,
@@ -80,8 +81,18 @@ impl Sticky {
             match source {
                 Source::Cookie => {
                     let scanner = &self.inner.scanner;
+                    // `consider` stops at this Machine's ID unless cookies
+                    // are signed (a signed value is never the bare ID).
+                    #[cfg(feature = "signed")]
+                    let likely = if self.inner.signer.is_some() {
+                        &b""[..]
+                    } else {
+                        me.as_bytes()
+                    };
+                    #[cfg(not(feature = "signed"))]
+                    let likely = me.as_bytes();
                     seen.each(req, self.inner.cookie_slot, "cookie", &mut |field| {
-                        if scanner.scan(field, me.as_bytes(), &mut consider) {
+                        if scanner.scan(field, likely, &mut consider) {
                             ControlFlow::Break(())
                         } else {
                             ControlFlow::Continue(())
@@ -94,7 +105,7 @@ impl Sticky {
                     }
                 }
                 Source::Key => {
-                    if let Some(t) = self.key_target(req, seen) {
+                    if let Some(t) = self.key_target(req, path, seen) {
                         return Found::Target(t);
                     }
                 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, PoisonError};
 
 use crate::engine::Sticky;
 use crate::find::{Id, Target};
-use crate::seen::{Seen, Slot};
+use crate::seen::{PathOnce, Seen, Slot};
 use crate::target::Source;
 use crate::view::RequestView;
 
@@ -487,9 +487,11 @@ fn index(i: usize) -> u16 {
 }
 
 /// Finds the key for a request from one source.
+#[inline]
 pub(crate) fn key_of<'a, V: RequestView>(
     source: &'a CompiledKey,
     req: &'a V,
+    path: &PathOnce<'_, V>,
     seen: &Seen<'a>,
     cookie: Slot,
     each: &mut dyn FnMut(&[u8]) -> bool,
@@ -531,7 +533,10 @@ pub(crate) fn key_of<'a, V: RequestView>(
             v.is_some_and(|v| !v.is_empty() && each(v))
         }
         CompiledKey::PathSegment(prefix) => {
-            path_key(req.path(), prefix).is_some_and(|(_, key)| each(key.as_bytes()))
+            // Most paths are under no key prefix: rule them out here.
+            let path = path.get();
+            path.starts_with(prefix.as_str())
+                && path_key(path, prefix).is_some_and(|(_, key)| each(key.as_bytes()))
         }
         CompiledKey::Custom(f) => {
             f(req as &dyn RequestView).is_some_and(|k| !k.is_empty() && each(k.as_bytes()))
@@ -547,6 +552,7 @@ pub(crate) const MAX_PATH_KEY: usize = 64;
 /// [`MAX_PATH_KEY`] letters, digits, `-` and `_` count: the room reaches
 /// the `fly-replay-cache` header, so nothing that could end a field, start
 /// a glob or climb a directory (`..`, `%2e`) ever does.
+#[inline]
 pub(crate) fn path_key<'a>(path: &'a str, prefix: &str) -> Option<(&'a str, &'a str)> {
     let rest = path.strip_prefix(prefix)?;
     let key = rest.split('/').next()?;
@@ -587,6 +593,7 @@ impl Sticky {
     pub(crate) fn key_target<'a, V: RequestView>(
         &self,
         req: &'a V,
+        path: &PathOnce<'a, V>,
         seen: &Seen<'a>,
     ) -> Option<Target<'a>> {
         let inner = &*self.inner;
@@ -600,14 +607,14 @@ impl Sticky {
         let mut peers: Option<Arc<PeerSet>> = None;
         let mut id = None;
         for source in &inner.keys {
-            if key_of(source, req, seen, inner.cookie_slot, &mut |key| {
+            if key_of(source, req, path, seen, inner.cookie_slot, &mut |key| {
                 let set = peers.get_or_insert_with(|| self.peers());
                 id = set.pick(key, region).and_then(|p| Id::peer(p.id()));
                 id.is_some()
             }) {
                 let room = match source {
                     CompiledKey::PathSegment(prefix) => {
-                        path_key(req.path(), prefix).map(|(room, _)| room)
+                        path_key(path.get(), prefix).map(|(room, _)| room)
                     }
                     _ => None,
                 };

@@ -12,6 +12,32 @@ use std::ops::ControlFlow;
 
 use crate::view::{HeaderNames, RequestView};
 
+/// The request's path, read from the view at most once, and only if a
+/// rule needs it (path globs, a path key): a view may compute it per call.
+pub(crate) struct PathOnce<'a, V: ?Sized> {
+    req: &'a V,
+    path: std::cell::Cell<Option<&'a str>>,
+}
+
+impl<'a, V: RequestView + ?Sized> PathOnce<'a, V> {
+    pub(crate) fn new(req: &'a V) -> Self {
+        Self {
+            req,
+            path: std::cell::Cell::new(None),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> &'a str {
+        if let Some(path) = self.path.get() {
+            return path;
+        }
+        let path = self.req.path();
+        self.path.set(Some(path));
+        path
+    }
+}
+
 /// How many names one pass serves; the engine reads any further ones from
 /// the request directly.
 pub(crate) const SLOTS: usize = 4;

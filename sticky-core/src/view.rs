@@ -108,6 +108,36 @@ pub struct HeaderNames {
     /// Empty when one of the names is no valid header name.
     #[cfg(feature = "http")]
     parsed: Vec<http::HeaderName>,
+    prepared: Prepared,
+}
+
+/// What [`HeaderNames::prepared`] keeps: one value, made on first use.
+/// Not part of a set's identity (equality, clones).
+#[derive(Default)]
+struct Prepared(std::sync::OnceLock<Box<dyn std::any::Any + Send + Sync>>);
+
+impl Clone for Prepared {
+    fn clone(&self) -> Self {
+        Prepared::default()
+    }
+}
+
+impl PartialEq for Prepared {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Prepared {}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Prepared(..)"
+        } else {
+            "Prepared(None)"
+        })
+    }
 }
 
 impl HeaderNames {
@@ -132,7 +162,36 @@ impl HeaderNames {
                 .collect::<Result<_, _>>()
                 .unwrap_or_default(),
             names: out,
+            prepared: Prepared::default(),
         }
+    }
+
+    /// These names in a view's own form (its framework's parsed header
+    /// names, say), made by `make` on the first call and kept with the set:
+    /// the engine's sets live as long as it does, so a view over a hashed
+    /// header map can look each name up without parsing it per request.
+    /// `None` when a value of another type was kept first (two kinds of
+    /// view sharing one engine): the view then does without.
+    ///
+    /// ```
+    /// use sticky_core::HeaderNames;
+    ///
+    /// let names = HeaderNames::new(["cookie", "x-tenant-id"]);
+    /// let upper = |n: &HeaderNames| n.iter().map(str::to_uppercase).collect::<Vec<_>>();
+    /// assert_eq!(names.prepared(upper).unwrap(), &["COOKIE", "X-TENANT-ID"]);
+    /// // Made once: a later call gets what the first made.
+    /// assert_eq!(names.prepared(|_| Vec::<String>::new()).unwrap().len(), 2);
+    /// assert!(names.prepared(|_| 0u8).is_none());
+    /// ```
+    #[inline]
+    pub fn prepared<T: std::any::Any + Send + Sync>(
+        &self,
+        make: impl FnOnce(&Self) -> T,
+    ) -> Option<&T> {
+        self.prepared
+            .0
+            .get_or_init(|| Box::new(make(self)))
+            .downcast_ref()
     }
 
     /// The index of a header field named `field` (any case), if it is one

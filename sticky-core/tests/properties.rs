@@ -3,7 +3,9 @@
 //! (b) every emitted `fly-replay` parses under Fly's grammar with only the
 //!     expected fields and a validated target, whatever the request holds;
 //! (c) a request carrying a replay marker is never replayed again;
-//! (d) with signing on, a tampered, truncated or foreign-key cookie is never trusted.
+//! (d) with signing on, a tampered, truncated or foreign-key cookie is never trusted;
+//! (e) the pin cookie is read as RFC 6265 pairs, wherever it sits among
+//!     others and however often (the scanner's shortcuts change nothing).
 
 mod common;
 
@@ -207,6 +209,86 @@ proptest! {
             let d = sticky.decide(&req);
             prop_assert!(!matches!(d.outcome(), Outcome::Replay(..)), "{d:?}");
         }
+    }
+}
+
+/// One cookie pair, or something that only looks like one.
+fn cookie_pair() -> impl Strategy<Value = String> {
+    let name = prop::sample::select(vec![
+        "fly-machine-id",
+        "xfly-machine-id",
+        "fly-machine-i",
+        " fly-machine-id",
+        "\tfly-machine-id",
+        "session",
+        "a",
+        "",
+    ]);
+    let sep = prop::sample::select(vec!["=", "= ", "", "=="]);
+    let value = prop_oneof![
+        Just(S.to_owned()),
+        Just(T.to_owned()),
+        Just(format!("{S}x")),
+        Just(format!("{S} ")),
+        Just(format!("x{S}")),
+        Just(format!("fly-machine-id={S}")),
+        Just(String::new()),
+        "[0-9a-f]{13,15}",
+        "[ -~]{0,6}",
+    ];
+    (name, sep, value).prop_map(|(n, s, v)| format!("{n}{s}{v}"))
+}
+
+/// Pin values in order, read the plain way: split at `;`, drop the
+/// whitespace before a name, take what follows `fly-machine-id=` trimmed.
+fn pins(fields: &[String]) -> Vec<String> {
+    let ows: &[char] = &[' ', '\t'];
+    fields
+        .iter()
+        .flat_map(|f| f.split(';'))
+        .filter_map(|pair| pair.trim_start_matches(ows).strip_prefix("fly-machine-id="))
+        .map(|v| v.trim_matches(ows).to_owned())
+        .collect()
+}
+
+fn machine_id(v: &str) -> bool {
+    v.len() == 14 && v.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn the_pin_cookie_is_read_as_pairs(
+        fields in prop::collection::vec(
+            (prop::collection::vec(cookie_pair(), 0..6), prop::sample::select(vec!["; ", ";", ";  ", " ; "])),
+            1..3,
+        ),
+    ) {
+        use sticky_core::{Reason, Source};
+        let fields: Vec<String> = fields.into_iter().map(|(pairs, joint)| pairs.join(joint)).collect();
+        let req = fields.iter().fold(Req::get("/"), |r, f| r.header("cookie", f));
+        let pins = pins(&fields);
+        let d = Sticky::builder().build(Env::machine(S)).unwrap().decide(&req);
+        let expected = if pins.iter().any(|v| v == S) {
+            "stick"
+        } else if let Some(t) = pins.iter().find(|v| machine_id(v)) {
+            let replay = d.short_circuit().and_then(|sc| sc.fly_replay()).map(str::to_owned);
+            prop_assert_eq!(replay, Some(format!("prefer_instance={t}")), "{:?}", fields);
+            "replay"
+        } else if pins.is_empty() {
+            "no target"
+        } else {
+            "invalid"
+        };
+        let got = match d.outcome() {
+            Outcome::Stick(Reason::PinnedHere(Source::Cookie)) => "stick",
+            Outcome::Replay(_, Reason::PinnedElsewhere(Source::Cookie)) => "replay",
+            Outcome::SetCookie(_, Reason::NoTarget) => "no target",
+            Outcome::SetCookie(_, Reason::InvalidTarget(Source::Cookie, _)) => "invalid",
+            other => return Err(TestCaseError::fail(format!("{other:?} for {fields:?}"))),
+        };
+        prop_assert_eq!(got, expected, "{:?} (pins {:?})", fields, pins);
     }
 }
 

@@ -422,9 +422,23 @@ impl RequestView for View<'_> {
         names: &HeaderNames,
         each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
     ) {
-        // One pass over the fields: no hashing, and no parsing of the
-        // configured names (`get_all(&str)` parses on every call).
-        for (field, value) in self.0.headers().iter() {
+        let headers = self.0.headers();
+        // The names parsed once per engine: a lookup by parsed name in
+        // actix-web's hashed map costs less than walking its fields (and
+        // `get_all(&str)` would parse the name on every call).
+        if let Some(parsed) = names.prepared(parse) {
+            for (i, name) in parsed.iter().enumerate() {
+                // A name that does not parse is in no request's map.
+                let Some(name) = name else { continue };
+                for value in headers.get_all(name) {
+                    if each(i, value.as_bytes()).is_break() {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+        for (field, value) in headers.iter() {
             if let Some(i) = names.position(field.as_str())
                 && each(i, value.as_bytes()).is_break()
             {
@@ -435,6 +449,14 @@ impl RequestView for View<'_> {
 }
 
 /// [`READ_HEADERS`] as http 0.2 names, parsed once.
+/// `names` as actix-web's header names, for [`HeaderNames::prepared`].
+fn parse(names: &HeaderNames) -> Vec<Option<HeaderName>> {
+    names
+        .iter()
+        .map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
+
 static KNOWN: [HeaderName; READ_HEADERS.len()] = [
     HeaderName::from_static(READ_HEADERS[0]),
     HeaderName::from_static(READ_HEADERS[1]),
