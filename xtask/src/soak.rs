@@ -391,7 +391,7 @@ async fn soak(
             Ok(t) => (Ok(t.faults), Some(t.phases)),
             Err(e) => {
                 traffic.stop();
-                (Err(e), None)
+                (Err((Vec::new(), e)), None)
             }
         }
     };
@@ -426,7 +426,8 @@ async fn soak(
             });
             (faults, error)
         }
-        Err(e) => (Vec::new(), Some(e)),
+        // The windows of the faults that did happen still count.
+        Err((done, e)) => (done, Some(e)),
     };
     let figures = metrics::compute_for(&records, &faults, scenario.strands());
     let phases = phases.unwrap_or_else(|| classic_phases(&faults, traffic_time));

@@ -66,6 +66,7 @@ mod deploy;
 mod scenarios;
 
 pub use scenarios::Kind;
+pub use scenarios::metrics::{MachineMetrics, machine_metrics};
 
 /// An adapter's way to start the contract app.
 pub trait App: Send + Sync + 'static {

@@ -81,7 +81,7 @@ macro_rules! scenario {
 
 mod cache;
 pub(crate) mod h2;
-mod metrics;
+pub(crate) mod metrics;
 
 /// A running cluster with drain switches per Machine.
 pub(crate) struct Cluster {

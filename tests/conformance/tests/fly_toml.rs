@@ -80,4 +80,21 @@ fn the_deploy_kit_agrees_with_the_code() {
         "{path}"
     );
     conformance::check_never_sticky(&sticky).unwrap();
+
+    // A fixed glibc mmap threshold (RELIABILITY.md, "Long run"): freed
+    // request bodies go back to the OS instead of ratcheting RSS up. flysim
+    // passes [env] to the Machines it runs, so the long run has it too.
+    let threshold: u64 = env_var(&text, "MALLOC_MMAP_THRESHOLD_")
+        .expect("[env] MALLOC_MMAP_THRESHOLD_")
+        .parse()
+        .unwrap();
+    assert!(
+        (64 * 1024..=1024 * 1024).contains(&threshold),
+        "{threshold}: below the 1 MB replay limit, so uploads get their own mappings"
+    );
+    assert!(
+        file.env
+            .iter()
+            .any(|(k, v)| k == "MALLOC_MMAP_THRESHOLD_" && *v == threshold.to_string())
+    );
 }

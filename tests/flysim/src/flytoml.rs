@@ -8,9 +8,9 @@
 //! `[[services.ports]]`' `http_options`), and `[http_service]`'s
 //! `auto_stop_machines`, `auto_start_machines`, `min_machines_running` and
 //! first `[[http_service.checks]]` (`path`, `interval`, `timeout`,
-//! `grace_period`).
+//! `grace_period`), and `[env]` (see [`FlyToml::env`]).
 //! Every other key a fly.toml may have (`app`, `primary_region`, `[build]`,
-//! `[env]`, `[[vm]]`, `[checks]`, `[metrics]`, the rest of `[http_service]`,
+//! `[[vm]]`, `[checks]`, `[metrics]`, the rest of `[http_service]`,
 //! ...) is tolerated and ignored. Errors name the file, the line and the field.
 
 use std::path::Path;
@@ -70,10 +70,15 @@ pub struct FlyToml {
     /// `/health`; `interval`, `timeout` and `grace_period`, defaults
     /// [`HealthCheck::default`]'s).
     pub health_check: Option<HealthCheck>,
+    /// `[env]`, in key order: each Machine a command starts gets these
+    /// variables (see [`Launch::fly_toml_env`](crate::Launch::fly_toml_env)
+    /// and named assumption 37).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Deserialize)]
 struct RawFile {
+    env: Option<toml::Table>,
     kill_signal: Option<Spanned<String>>,
     kill_timeout: Option<Spanned<toml::Value>>,
     http_service: Option<RawService>,
@@ -216,6 +221,24 @@ impl FlyToml {
         }
         if let Some(service) = &raw.http_service {
             read_service(service, &mut out, &at)?;
+        }
+        for (key, value) in raw.env.iter().flatten() {
+            let value = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(RuleError::new(
+                        Some("env"),
+                        format!(
+                            "{file}: [env] {key}: expected a string (an environment variable's value), found {}",
+                            other.type_str()
+                        ),
+                    ));
+                }
+            };
+            out.env.push((key.clone(), value));
         }
         let port = raw
             .http_service
@@ -470,6 +493,37 @@ swap_size_mb = 512
         assert_eq!(f.kill_timeout, Some(Duration::from_secs(120)));
         assert!(f.replay_cache.is_empty());
         assert_eq!(f.internal_port, None);
+        assert!(f.env.is_empty());
+    }
+
+    #[test]
+    fn env_is_read_in_key_order_and_a_table_refused() {
+        let f = FlyToml::parse(REAL, "fly.toml").unwrap();
+        assert_eq!(f.env, [("RUST_LOG".to_owned(), "info".to_owned())]);
+        let f = FlyToml::parse(
+            "[env]
+  PORT = \"8080\"
+  MALLOC_MMAP_THRESHOLD_ = 131072
+  DEBUG = true
+",
+            "fly.toml",
+        )
+        .unwrap();
+        let env: Vec<(&str, &str)> = f.env.iter().map(|(k, v)| (&k[..], &v[..])).collect();
+        assert_eq!(
+            env,
+            [
+                ("DEBUG", "true"),
+                ("MALLOC_MMAP_THRESHOLD_", "131072"),
+                ("PORT", "8080")
+            ]
+        );
+        let e = refused("[env]\n  LIST = [\"a\"]\n");
+        assert_eq!(e.field(), Some("env"));
+        assert!(
+            e.to_string().contains("[env] LIST: expected a string"),
+            "{e}"
+        );
     }
 
     fn refused(text: &str) -> RuleError {

@@ -277,13 +277,21 @@
 //!     never answered: it fails at the response timeout even if the fault
 //!     ends first. Open tunnels are left alone (their bytes still flow).
 //!     Health checks time out.
+//! 37. **`[env]`.** A fly.toml's `[env]` variables reach every Machine
+//!     flysim runs as a command (`flysim --fly-toml`,
+//!     [`Launch::fly_toml_env`]), as Fly sets them in each Machine, with
+//!     two differences: `PORT` and the `FLY_*` variables of
+//!     [`MachineEnv::vars`] are flysim's whatever `[env]` says (the Machines
+//!     share one host, so each gets its own loopback port), and in-process
+//!     Machines get none (they share this process's environment). A value
+//!     that is a number or a boolean is passed as its TOML text.
 //!
 //! fly.toml: flysim reads `replay_cache` rules, `kill_signal` (Fly's default
 //! `SIGINT` when absent), `kill_timeout` (default 5 s), `internal_port`,
 //! `http_options.h2_backend`, and `[http_service]`'s `auto_stop_machines`,
 //! `auto_start_machines`, `min_machines_running` and first
 //! `[[http_service.checks]]` (`path`, `interval`, `timeout`,
-//! `grace_period`);
+//! `grace_period`), and `[env]` (assumption 37);
 //! Machines still get a free loopback `PORT` each (they share one host), and
 //! `internal_port` is reported by the admin `GET /config`.
 //!

@@ -436,6 +436,20 @@ impl Launch {
     }
 }
 
+impl Launch {
+    /// Sets a fly.toml's `[env]` ([`FlyToml::env`](crate::FlyToml::env))
+    /// for every child process of a command launcher, as Fly sets it in
+    /// every Machine; in-process launchers ignore it. Variables added with
+    /// [`Launch::env`] win over the file's, and `PORT` and the other
+    /// [`MachineEnv::vars`] stay flysim's (named assumption 37).
+    pub fn fly_toml_env(mut self, file: &crate::FlyToml) -> Self {
+        if let Launch::Command { env, .. } = &mut self {
+            env.splice(0..0, file.env.iter().cloned());
+        }
+        self
+    }
+}
+
 impl fmt::Debug for Launch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

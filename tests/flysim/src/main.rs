@@ -107,8 +107,9 @@ struct Args {
     /// path_prefix wins.
     #[arg(long = "replay-cache", value_name = "RULE", value_parser = ReplayCacheRule::parse)]
     replay_cache: Vec<ReplayCacheRule>,
-    /// Read replay_cache rules, kill_signal, kill_timeout, internal_port and
-    /// h2_backend from this fly.toml (command-line flags given as well win; --replay-cache
+    /// Read replay_cache rules, kill_signal, kill_timeout, internal_port,
+    /// h2_backend, autostop, the first check and [env] (set in every Machine
+    /// but PORT and FLY_*) from this fly.toml (command-line flags given as well win; --replay-cache
     /// rules are added to the file's).
     #[arg(long, value_name = "FILE")]
     fly_toml: Option<PathBuf>,
@@ -236,7 +237,10 @@ async fn main() -> ExitCode {
             OutputArg::Null => ChildOutput::Null,
         });
     let (program, rest) = args.command.split_first().expect("clap requires a command");
-    let launch = Launch::command(program.clone(), rest.to_vec());
+    let mut launch = Launch::command(program.clone(), rest.to_vec());
+    if let Some(file) = &fly_toml {
+        launch = launch.fly_toml_env(file);
+    }
 
     let sim = match FlySim::start(config, launch).await {
         Ok(sim) => sim,
@@ -266,9 +270,15 @@ async fn main() -> ExitCode {
             .map(Duration::from_millis)
             .or(file.kill_timeout)
             .unwrap_or(Duration::from_secs(5));
+        let env: Vec<&str> = file.env.iter().map(|(k, _)| k.as_str()).collect();
         println!(
-            "flysim: fly.toml {}: internal_port {port} (each Machine still gets a free PORT), kill_signal {signal}, kill_timeout {timeout:?}",
-            path.display()
+            "flysim: fly.toml {}: internal_port {port} (each Machine still gets a free PORT), kill_signal {signal}, kill_timeout {timeout:?}, [env] {}",
+            path.display(),
+            if env.is_empty() {
+                "none".to_owned()
+            } else {
+                env.join(", ")
+            }
         );
     }
     for rule in fly_toml

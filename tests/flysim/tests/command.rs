@@ -193,6 +193,34 @@ async fn command_machines_run_with_the_fly_environment() {
     }
 }
 
+/// Named assumption 37: fly.toml's `[env]` reaches every command Machine,
+/// but `PORT` stays flysim's, and the launch's own variables win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fly_toml_env_reaches_the_machines_but_not_port() {
+    let file = flysim::FlyToml::parse(
+        "[env]\n  PORT = \"8080\"\n  CHILD_EXTRA = \"from-fly-toml\"\n",
+        "fly.toml",
+    )
+    .unwrap();
+    let cfg = || config().machines(1).child_output(ChildOutput::Null);
+    let sim = FlySim::start(cfg(), child_launch().fly_toml_env(&file))
+        .await
+        .unwrap();
+    let f = parse(&get(&sim.url()).await.text());
+    assert_eq!(field(&f, "extra"), "from-fly-toml");
+    let port = sim.machines()[0].addr.unwrap().port();
+    assert_eq!(field(&f, "port"), port.to_string());
+    assert_ne!(port, 8080);
+    sim.shutdown().await;
+    let launch = child_launch()
+        .env("CHILD_EXTRA", "from-launch")
+        .fly_toml_env(&file);
+    let sim = FlySim::start(cfg(), launch).await.unwrap();
+    let f = parse(&get(&sim.url()).await.text());
+    assert_eq!(field(&f, "extra"), "from-launch");
+    sim.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_child_that_exits_leaves_its_machine_stopped() {
     let cfg = config().machines(1).child_output(ChildOutput::Null);

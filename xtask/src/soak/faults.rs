@@ -84,19 +84,35 @@ async fn act_and_watch(
 }
 
 /// Runs the three faults against Machines `ids[0..3]` as the traffic reaches
-/// the schedule. Returns each fault with its window.
+/// the schedule. Returns each fault with its window; on an error, the
+/// faults done before it too, so that their windows still count (a
+/// destroyed Machine's clients are stranded whether or not a later step
+/// could run).
 pub(crate) async fn run(
     sim: &FlySim,
     traffic: &Traffic,
     schedule: Schedule,
     drain: Duration,
-) -> Result<Vec<Fault>, String> {
+) -> Result<Vec<Fault>, (Vec<Fault>, String)> {
+    let mut faults = Vec::new();
+    match run_into(&mut faults, sim, traffic, schedule, drain).await {
+        Ok(()) => Ok(faults),
+        Err(e) => Err((faults, e)),
+    }
+}
+
+async fn run_into(
+    faults: &mut Vec<Fault>,
+    sim: &FlySim,
+    traffic: &Traffic,
+    schedule: Schedule,
+    drain: Duration,
+) -> Result<(), String> {
     let ids = sim.machine_ids();
     let [a, b, c] = match ids.as_slice() {
         [a, b, c] => [a.clone(), b.clone(), c.clone()],
         _ => return Err(format!("expected 3 Machines, found {}", ids.len())),
     };
-    let mut faults = Vec::new();
 
     // A: destroyed. The proxy forgets it at once; its process gets SIGTERM
     // and finishes what it was serving (kill_timeout), then it is gone.
@@ -233,7 +249,7 @@ pub(crate) async fn run(
             steps
         },
     });
-    Ok(faults)
+    Ok(())
 }
 
 /// Asks the Machine directly (not through the proxy), as a request pinned to

@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+use flysim::MachineInfo;
+
 use super::{Cluster, Kind, OTHER, Scenario, handled, with_cluster, with_single};
 use crate::TENANT_HEADER;
 use crate::client::{Client, Request, Response, send};
@@ -99,6 +101,99 @@ async fn scrape(addr: SocketAddr, req: Request) -> Result<(Response, Decisions),
     );
     let decisions = Decisions::parse(&res.text())?;
     Ok((res, decisions))
+}
+
+/// One Machine's `/metrics` set against what flysim saw it do: the
+/// relation of scenario `cluster-metrics-match-flysim`, for anything that
+/// runs a cluster whose Machines were never restarted (a restart starts the
+/// counters again from 0, flysim's are kept): the soak's long run uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MachineMetrics {
+    /// The Machine.
+    pub id: String,
+    /// `sticky_decisions_total{outcome="replay"}`, summed.
+    pub replays: u64,
+    /// flysim: the `fly-replay` answers it sent.
+    pub replays_sent: u64,
+    /// Every other decision, less `direct` (the requests that reached the
+    /// Machine without the proxy: this scrape).
+    pub decided_here: u64,
+    /// flysim: the final responses it served.
+    pub served: u64,
+    /// `outcome="set_cookie"`: the pins it gave.
+    pub set_cookie: u64,
+    /// `reason="path_excluded"` (the scrape counts itself).
+    pub path_excluded: u64,
+}
+
+impl MachineMetrics {
+    /// Reads one scrape's text against flysim's counters of that Machine,
+    /// taken after the last request through the proxy; `direct` requests
+    /// reached the Machine without the proxy since it started (a scrape
+    /// counts itself: at least 1). `Err` if the text is not the core's
+    /// format.
+    pub fn read(text: &str, machine: &MachineInfo, direct: u64) -> Result<MachineMetrics, String> {
+        MachineMetrics::of(
+            text,
+            &machine.id,
+            machine.served,
+            machine.replays_sent,
+            direct,
+        )
+    }
+
+    fn of(
+        text: &str,
+        id: &str,
+        served: u64,
+        replays_sent: u64,
+        direct: u64,
+    ) -> Result<MachineMetrics, String> {
+        let d = Decisions::parse(text)?;
+        let replays = d.sum(&[("outcome", "replay")]);
+        Ok(MachineMetrics {
+            id: id.to_owned(),
+            replays,
+            replays_sent,
+            decided_here: (d.total() - replays).saturating_sub(direct),
+            served,
+            set_cookie: d.sum(&[("outcome", "set_cookie")]),
+            path_excluded: d.sum(&[("reason", "path_excluded")]),
+        })
+    }
+
+    /// The relation: every replay it decided is one flysim saw it send, and
+    /// every other decision one final response flysim saw it serve.
+    pub fn check(&self) -> Result<(), String> {
+        ensure!(
+            self.replays == self.replays_sent,
+            "{}: /metrics counts {} replays, flysim saw it send {}",
+            self.id,
+            self.replays,
+            self.replays_sent
+        );
+        ensure!(
+            self.decided_here == self.served,
+            "{}: /metrics counts {} other decisions through the proxy, flysim saw it serve {}",
+            self.id,
+            self.decided_here,
+            self.served
+        );
+        Ok(())
+    }
+}
+
+/// Scrapes `machine`'s `GET /metrics` directly (checked as a scrape must be
+/// answered: 200, Prometheus text, never sticky) and sets it against
+/// flysim's counters ([`MachineMetrics::read`]; `direct` as there). `Err`
+/// if the scrape fails; whether the counts agree is
+/// [`MachineMetrics::check`]'s to say.
+pub async fn machine_metrics(machine: &MachineInfo, direct: u64) -> Result<MachineMetrics, String> {
+    let addr = machine
+        .addr
+        .ok_or_else(|| format!("{} has no address", machine.id))?;
+    let (res, _) = scrape(addr, Request::get("/metrics")).await?;
+    MachineMetrics::read(&res.text(), machine, direct)
 }
 
 pub(super) fn all() -> Vec<Scenario> {
@@ -224,31 +319,17 @@ async fn metrics_match(c: &Cluster) -> Result<(), String> {
     let machines = c.sim.machines();
     let (mut replays, mut pins) = (0, 0);
     for m in &machines {
-        let addr = m.addr.ok_or_else(|| format!("{} has no address", m.id))?;
-        let (_, d) = scrape(addr, Request::get("/metrics")).await?;
-        let replayed = d.sum(&[("outcome", "replay")]);
+        // Everything reached the proxy but the scrape itself, which went to
+        // the Machine directly.
+        let got = machine_metrics(m, 1).await?;
+        got.check().map_err(|e| format!("{e}: {got:?}"))?;
         ensure!(
-            replayed == m.replays_sent,
-            "{}: /metrics counts {replayed} replays, flysim saw it send {}: {d:?}",
-            m.id,
-            m.replays_sent
-        );
-        // Everything else reached the proxy as a final response, but the
-        // scrape just now, which went to the Machine directly.
-        let rest = d.total() - replayed;
-        ensure!(
-            rest == m.served + 1,
-            "{}: /metrics counts {rest} decisions served here (this scrape included), flysim saw it serve {}: {d:?}",
-            m.id,
-            m.served
-        );
-        ensure!(
-            d.sum(&[("reason", "path_excluded")]) == 1,
-            "{}: only the scrape is excluded: {d:?}",
+            got.path_excluded == 1,
+            "{}: only the scrape is excluded: {got:?}",
             m.id
         );
-        replays += replayed;
-        pins += d.sum(&[("outcome", "set_cookie")]);
+        replays += got.replays;
+        pins += got.set_cookie;
     }
     ensure!(
         replays == c.replays() && replays > 0,
@@ -260,4 +341,40 @@ async fn metrics_match(c: &Cluster) -> Result<(), String> {
         "SetCookie decisions {pins}, pins the clients received {pins_seen}"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str =
+        "# HELP sticky_decisions_total Decisions of the sticky middleware, by outcome and reason.
+# TYPE sticky_decisions_total counter
+sticky_decisions_total{outcome=\"stick\",reason=\"pinned_here\",source=\"cookie\"} 40
+sticky_decisions_total{outcome=\"stick\",reason=\"path_excluded\"} 1
+sticky_decisions_total{outcome=\"set_cookie\",reason=\"no_target\"} 9
+sticky_decisions_total{outcome=\"replay\",reason=\"pinned_elsewhere\",source=\"cookie\"} 30
+";
+
+    fn read(served: u64, replays_sent: u64, direct: u64) -> Result<MachineMetrics, String> {
+        MachineMetrics::of(TEXT, "148ed599c14189", served, replays_sent, direct)
+    }
+
+    #[test]
+    fn the_counts_match_when_flysim_saw_the_same() {
+        let m = read(49, 30, 1).unwrap();
+        assert_eq!((m.replays, m.decided_here, m.set_cookie), (30, 49, 9));
+        m.check().unwrap();
+    }
+
+    #[test]
+    fn a_mismatch_fails() {
+        let e = read(49, 31, 1).unwrap().check().unwrap_err();
+        assert!(e.contains("30 replays, flysim saw it send 31"), "{e}");
+        let e = read(50, 30, 1).unwrap().check().unwrap_err();
+        assert!(e.contains("49 other decisions"), "{e}");
+        // A scrape not counted as direct is one decision too many.
+        assert!(read(49, 30, 0).unwrap().check().is_err());
+        assert!(MachineMetrics::of("not metrics", "x", 0, 0, 1).is_err());
+    }
 }
