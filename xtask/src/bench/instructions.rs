@@ -644,8 +644,8 @@ pub(crate) fn markdown(counts: &Counts) -> String {
              sides make the same allocator calls per request (the Stick path allocates \
              nothing; the columns show the calls), but the same `malloc` runs more or \
              fewer instructions in two processes whose heaps differ from start-up (ON \
-             builds the engine's tables), by several hundred per request for rocket's 52 \
-             allocations, and by a different amount after any rebuild. Allocator calls \
+             builds the engine's tables), by several hundred per request for rocket's 109 \
+             allocator calls, and by a different amount after any rebuild. Allocator calls \
              are the inclusive cost of every call into `malloc`, `free`, `realloc`, \
              `calloc` and the aligned variants; ON calls beyond OFF's are charged at \
              OFF's mean cost per call.\n\n\
