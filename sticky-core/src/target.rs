@@ -426,6 +426,40 @@ mod tests {
         assert_eq!(all(&s, "fly-machine-id="), [""]);
     }
 
+    /// Cookie fields around this Machine's ID (`148ed599c14189`): at either
+    /// end, inside, near-misses of the name, the value and the boundary.
+    const FIELDS: &[&str] = &[
+        "fly-machine-id=148ed599c14189",
+        "a=1; fly-machine-id=148ed599c14189; b=2",
+        "a=1; fly-machine-id=148ed599c14189",
+        "a=1;fly-machine-id=148ed599c14189",
+        "a=1;\t fly-machine-id=148ed599c14189",
+        "a=1 fly-machine-id=148ed599c14189",
+        "a=fly-machine-id=148ed599c14189",
+        "a=1; xfly-machine-id=148ed599c14189",
+        "a=1; fly-machine-id=x148ed599c14189",
+        "a=1; fly-machine-iq=148ed599c14189",
+        "a=1; fly-machine-id:148ed599c14189",
+        "fly-machine-id=90801679a10038; fly-machine-id=148ed599c14189",
+        "fly-machine-id=148ed599c14189;fly-machine-id=90801679a10038",
+        "fly-machine-id=148ed599c14189x",
+        "fly-machine-id=148ed599c14189 x; b=2",
+        "fly-machine-id=148ed599c14189 ;b",
+        "fly-machine-id=148ed599c14189;",
+        "fly-machine-id=148ed599c1418",
+        "fly-machine-id=148ed599c14189148ed599c14189",
+        "xfly-machine-id=148ed599c14189",
+        "fly-machine-id=",
+        "=148ed599c14189",
+        "148ed599c14189",
+        "",
+        "a=1; fly-machine-id=048ed599c14189",
+        "a=1; fly-machine-id=148ed599c14188",
+        "fly-machine-id=148ed599c14189; b=2",
+        "fly-machine-id=148ed599c14189 ",
+        "fly-machine-id=90801679a10038",
+    ];
+
     /// The shortcuts for a value that is this Machine's ID (at either end
     /// of the field, or anywhere without searching for its end) settle the
     /// scan exactly when the full scan finds that value, and change nothing
@@ -443,32 +477,7 @@ mod tests {
             });
             (settled, out)
         };
-        for field in [
-            "fly-machine-id=148ed599c14189",
-            "a=1; fly-machine-id=148ed599c14189; b=2",
-            "a=1; fly-machine-id=148ed599c14189",
-            "a=1;fly-machine-id=148ed599c14189",
-            "a=1;\t fly-machine-id=148ed599c14189",
-            "a=1 fly-machine-id=148ed599c14189",
-            "a=fly-machine-id=148ed599c14189",
-            "a=1; xfly-machine-id=148ed599c14189",
-            "a=1; fly-machine-id=x148ed599c14189",
-            "a=1; fly-machine-iq=148ed599c14189",
-            "a=1; fly-machine-id:148ed599c14189",
-            "fly-machine-id=90801679a10038; fly-machine-id=148ed599c14189",
-            "fly-machine-id=148ed599c14189;fly-machine-id=90801679a10038",
-            "fly-machine-id=148ed599c14189x",
-            "fly-machine-id=148ed599c14189 x; b=2",
-            "fly-machine-id=148ed599c14189 ;b",
-            "fly-machine-id=148ed599c14189;",
-            "fly-machine-id=148ed599c1418",
-            "fly-machine-id=148ed599c14189148ed599c14189",
-            "xfly-machine-id=148ed599c14189",
-            "fly-machine-id=",
-            "=148ed599c14189",
-            "148ed599c14189",
-            "",
-        ] {
+        for &field in FIELDS {
             let (fast_settled, fast) = run(field, me);
             let (settled, full) = run(field, "");
             assert_eq!(fast_settled, settled, "{field:?}");
@@ -487,27 +496,7 @@ mod tests {
         let s = CookieScanner::new("fly-machine-id");
         let me = "148ed599c14189";
         let pair = PinPair::new("fly-machine-id", me);
-        for field in [
-            "fly-machine-id=148ed599c14189",
-            "a=1; fly-machine-id=148ed599c14189",
-            "a=1;fly-machine-id=148ed599c14189",
-            "a=1;\t fly-machine-id=148ed599c14189",
-            "a=1 fly-machine-id=148ed599c14189",
-            "a=fly-machine-id=148ed599c14189",
-            "a=1; xfly-machine-id=148ed599c14189",
-            "a=1; fly-machine-id=x148ed599c14189",
-            "a=1; fly-machine-id=048ed599c14189",
-            "a=1; fly-machine-id=148ed599c14188",
-            "fly-machine-id=148ed599c14189; b=2",
-            "fly-machine-id=148ed599c14189;",
-            "fly-machine-id=148ed599c14189x",
-            "fly-machine-id=148ed599c14189 ",
-            "fly-machine-id=148ed599c1418",
-            "fly-machine-id=90801679a10038",
-            "xfly-machine-id=148ed599c14189",
-            "",
-            "fly-machine-id=",
-        ] {
+        for &field in FIELDS {
             assert_eq!(
                 pair.at_an_end(field.as_bytes()),
                 s.likely_at_an_end(field.as_bytes(), me.as_bytes()),

@@ -29,6 +29,7 @@ use flysim::{FlySim, FlyToml};
 
 use super::Options;
 use super::metrics::{self, Figures};
+use super::report::{affinity, short};
 use super::traffic::{self, Traffic};
 use crate::machine::{Machine, duration};
 use crate::{FRAMEWORKS, build_examples, root};
@@ -355,10 +356,6 @@ fn loadavg() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
         .unwrap_or(0.0)
-}
-
-fn short(id: &str) -> &str {
-    id.get(..6).unwrap_or(id)
 }
 
 /// The samples taken so far, by process.
@@ -775,18 +772,6 @@ fn table(run: &LongRun) -> String {
         process_rows(run),
         metrics_rows(run)
     )
-}
-
-fn affinity(f: &Figures) -> String {
-    match f.affinity() {
-        Some(a) => format!(
-            "{:.2}% ({} / {})",
-            a * 100.0,
-            f.affinity_home,
-            f.affinity_total
-        ),
-        None => "- (nothing counted)".to_owned(),
-    }
 }
 
 /// The command line that reproduces this long run.

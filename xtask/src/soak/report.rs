@@ -38,11 +38,11 @@ fn at(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     id.get(..6).unwrap_or(id)
 }
 
-fn affinity(f: &Figures) -> String {
+pub(super) fn affinity(f: &Figures) -> String {
     match f.affinity() {
         Some(a) => format!(
             "{:.2}% ({} / {})",
