@@ -10,8 +10,10 @@
 //!   `GET /` with a 5-cookie header naming this Machine on one keep-alive
 //!   connection, from a client outside valgrind. Two runs per side, serving
 //!   [`FEW`] and [`MANY`] requests after the same warm-up; per request =
-//!   (total(MANY) - total(FEW)) / (MANY - FEW), so start-up, the warm-up
-//!   and the shutdown cancel out. The client waits for the port by
+//!   (total(MANY) - total(FEW)) / (MANY - FEW), so start-up and the
+//!   warm-up cancel out. Each total is dumped (`callgrind_control`) after
+//!   the last answer: the shutdown, whose frees vary from run to run as
+//!   threads race the exit, is left out. The client waits for the port by
 //!   connecting (a refused connect costs the server nothing) and then uses
 //!   that connection, so no readiness probe is counted.
 
@@ -147,11 +149,26 @@ pub(crate) fn ensure_valgrind() -> Result<String, String> {
 /// `cargo xtask bench --instructions [FRAMEWORK..]`: the counts alone,
 /// spliced into BENCHMARKS.md in place of the previous ones.
 pub(crate) fn run_alone(wanted: &[&str], started: Instant) -> Result<(), String> {
-    let binaries = crate::build_examples(wanted)?;
+    // Every example is built, whichever are counted: cargo unifies
+    // dependency features over the packages built together, so a
+    // framework's code (and its count) differs between a build of its
+    // example alone and the full run's build of all six.
+    let binaries: Vec<_> = crate::build_examples(&crate::FRAMEWORKS)?
+        .into_iter()
+        .filter(|(fw, _)| wanted.contains(&fw.as_str()))
+        .collect();
     let logs = crate::target_dir().join("bench-logs");
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let counts = run(&binaries, &logs)?;
     println!("\n{}", markdown(&counts));
+    if wanted.len() < crate::FRAMEWORKS.len() {
+        println!(
+            "counted {} of the examples: BENCHMARKS.md left as it is (took {})",
+            wanted.len(),
+            crate::machine::duration(started.elapsed())
+        );
+        return Ok(());
+    }
     let path = write_alone(&counts)?;
     println!(
         "wrote the instruction counts into {} (took {})",
@@ -376,8 +393,8 @@ fn per_request(fw: &str, binary: &Path, on: bool, dir: &Path) -> Result<(f64, Al
         let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(allocator_totals(&text))
     };
-    let (few_calls, few_alloc) = alloc(&dir.join(format!("{fw}-{side}-{FEW}.out")))?;
-    let (many_calls, many_alloc) = alloc(&dir.join(format!("{fw}-{side}-{MANY}.out")))?;
+    let (few_calls, few_alloc) = alloc(&dump_of(&dir.join(format!("{fw}-{side}-{FEW}.out"))))?;
+    let (many_calls, many_alloc) = alloc(&dump_of(&dir.join(format!("{fw}-{side}-{MANY}.out"))))?;
     Ok((
         per(few, many),
         Alloc {
@@ -400,7 +417,8 @@ impl Drop for Traced {
 }
 
 /// Runs `binary` under callgrind, serves `WARMUP + requests` requests on
-/// one connection, stops it with SIGINT and returns callgrind's total.
+/// one connection, has callgrind dump its count, stops it with SIGINT and
+/// returns the dumped total (start-up and the requests, not the shutdown).
 fn served_total(
     fw: &str,
     binary: &Path,
@@ -409,6 +427,7 @@ fn served_total(
     out: &Path,
 ) -> Result<u64, String> {
     let port = free_port()?;
+    let _ = std::fs::remove_file(dump_of(out));
     let log = out.with_extension("log");
     let log_file = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err_file = log_file
@@ -450,6 +469,17 @@ fn served_total(
     let expected = on.then_some(MACHINE_ID);
     serve(stream, WARMUP + requests, expected).map_err(|e| format!("{fw}: {e}"))?;
     let pid = traced.child.id();
+    // The count is dumped here, after the last answer: how a server tears
+    // down (which threads finish dropping their state before the process
+    // exits) varies from run to run, by a few hundred frees.
+    let dumped = Command::new("callgrind_control")
+        .args(["--dump=served", &pid.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .map_err(|e| format!("callgrind_control: {e}"))?;
+    if !dumped.success() {
+        return Err(format!("{fw}: callgrind_control --dump failed ({dumped})"));
+    }
     let _ = Command::new("kill")
         .args(["-INT", &pid.to_string()])
         .status();
@@ -461,7 +491,14 @@ fn served_total(
             _ => return Err(format!("{fw} under callgrind did not exit on SIGINT")),
         }
     }
-    totals(out)
+    totals(&dump_of(out))
+}
+
+/// The file of callgrind's first dump for `--callgrind-out-file=out`.
+fn dump_of(out: &Path) -> PathBuf {
+    let mut name = out.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
 }
 
 /// Connects to `addr` once the server listens (refused connects cost it
@@ -636,7 +673,10 @@ pub(crate) fn markdown(counts: &Counts) -> String {
              client outside valgrind (every answer checked: 200, served here, no \
              `Set-Cookie`). Each side runs twice, serving {w} + {FEW} and {w} + {MANY} \
              requests; per request = (total({MANY}) - total({FEW})) / {d}, so start-up \
-             and shutdown cancel out. One worker thread (`TOKIO_WORKER_THREADS=1`, \
+             cancels out; each total is dumped (`callgrind_control --dump`) after the \
+             last answer, so no shutdown is counted (which of a server's frees at exit \
+             ran before the process ended varied between runs, by up to 0.3 allocator \
+             calls per request). One worker thread (`TOKIO_WORKER_THREADS=1`, \
              `ROCKET_WORKERS=1`): idle workers waking and parking as the host's load \
              decides made a side vary by about 100 instructions per request between \
              runs; with one, by about 10.\n\n\
