@@ -46,6 +46,14 @@ impl Sticky {
     ) -> Found<'a> {
         let mut refused = None;
         for &source in &self.inner.sources {
+            // A key is found, or not, without `consider`: kept apart, a key
+            // source before the cookie sets up neither of its locals.
+            if source == Source::Key {
+                if let Some(t) = self.key_target(req, path, seen, live) {
+                    return Found::Target(t);
+                }
+                continue;
+            }
             let mut best: Option<Target<'a>> = None;
             let mut consider = |raw: &'a [u8]| -> bool {
                 match self.check(source, raw, me, now) {
@@ -102,11 +110,7 @@ impl Sticky {
                         target::scan_query(query, &self.inner.query_param, &mut consider);
                     }
                 }
-                Source::Key => {
-                    if let Some(t) = self.key_target(req, path, seen, live) {
-                        return Found::Target(t);
-                    }
-                }
+                Source::Key => {}
                 Source::Header => {
                     if let Some(name) = &self.inner.header_source {
                         seen.each(req, self.inner.header_slot, name, &mut |v| {

@@ -141,6 +141,10 @@ pub(crate) fn refusal(status: u16) -> ShortCircuit {
 
 fn is_https<V: RequestView>(req: &V) -> bool {
     req.header("x-forwarded-proto").is_some_and(|v| {
+        // As Fly's proxy sends it; anything else is parsed.
+        if target::same_bytes(v, b"https") {
+            return true;
+        }
         let first = v.split(|&b| b == b',').next().unwrap_or_default();
         target::header_value(first).eq_ignore_ascii_case(b"https")
     })

@@ -354,9 +354,17 @@ pub(crate) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
         w.copy_from_slice(&s[at..at + 8]);
         u64::from_ne_bytes(w)
     };
+    let half = |s: &[u8], at: usize| {
+        let mut w = [0; 4];
+        w.copy_from_slice(&s[at..at + 4]);
+        u32::from_ne_bytes(w)
+    };
     match a.len() {
         // Two overlapping words cover 8 to 16 bytes (Machine IDs are 14).
         n @ 8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        // And two half words 4 to 7 (header names such as `cookie`).
+        n @ 4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        17.. => same_words(a, b),
         _ => a == b,
     }
 }
@@ -524,12 +532,24 @@ mod tests {
         let ids = [
             "",
             "a",
+            "abc",
+            "abd",
+            "abcd",
+            "abcx",
+            "xbcd",
+            "cookie",
+            "cooxie",
+            "cookix",
             "1234567",
+            "1234x67",
             "12345678",
             "148ed599c14189",
             "148ed599c14188",
             "0123456789abcdef",
             "0123456789abcdef0",
+            "0123456789abcdefx",
+            "x-forwarded-proto",
+            "x-forwarded-prota",
         ];
         for a in ids {
             for b in ids {

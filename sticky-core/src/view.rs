@@ -160,7 +160,7 @@ impl HeaderNames {
             name.len() == field.len()
                 && name.first().map(u8::to_ascii_lowercase)
                     == field.first().map(u8::to_ascii_lowercase)
-                && (name == field || name.eq_ignore_ascii_case(field))
+                && (crate::target::same_bytes(name, field) || name.eq_ignore_ascii_case(field))
         })
     }
 
@@ -265,7 +265,21 @@ mod http_impls {
         // another length are passed over at once; the names in the map are
         // lowercase, as the engine's are, so an equal one matches at the
         // first comparison, and case is ignored only when that fails.
+        // One of the engine's own names (most lookups) is compared parsed:
+        // a standard field against a custom name, or two standard ones,
+        // differ in a word, with no `as_str` per field.
+        let known = READ_HEADERS
+            .iter()
+            .position(|h| crate::target::same_bytes(h.as_bytes(), name.as_bytes()));
         if map.keys_len() <= SCAN_MAX_FIELDS {
+            if let Some(known) = known.and_then(|i| KNOWN.get(i)) {
+                for (field, value) in map {
+                    if field == known && each(value.as_bytes()).is_break() {
+                        return;
+                    }
+                }
+                return;
+            }
             let name = name.as_bytes();
             let first = name.first().map(u8::to_ascii_lowercase);
             for (field, value) in map {
@@ -280,8 +294,8 @@ mod http_impls {
             }
             return;
         }
-        let values = match READ_HEADERS.iter().position(|h| *h == name) {
-            Some(i) => map.get_all(&KNOWN[i]),
+        let values = match known.and_then(|i| KNOWN.get(i)) {
+            Some(known) => map.get_all(known),
             None => map.get_all(name),
         };
         for value in values {
