@@ -339,6 +339,30 @@ impl Sticky {
         }
     }
 
+    /// The header names [`decide`](Self::decide) asks every request for,
+    /// in one [`RequestView::header_values_of`] call, fixed when the engine
+    /// was built.
+    ///
+    /// A view over a hashed header map can parse these once, at start-up,
+    /// and look each up when `header_values_of` is called with this very set
+    /// ([`std::ptr::eq`]), instead of walking the request's fields (the
+    /// actix-web adapter does). Any other set it is asked for, it walks.
+    ///
+    /// ```
+    /// use sticky_core::{Env, KeySource, Source, Sticky};
+    ///
+    /// let sticky = Sticky::builder()
+    ///     .sources([Source::Key, Source::Cookie])
+    ///     .key_source(KeySource::Header("x-tenant-id".into()))
+    ///     .build(Env::machine("148ed599c14189"))?;
+    /// let names: Vec<&str> = sticky.read_headers().iter().collect();
+    /// assert_eq!(names, ["cookie", "x-tenant-id"]);
+    /// # Ok::<(), sticky_core::ConfigError>(())
+    /// ```
+    pub fn read_headers(&self) -> &HeaderNames {
+        &self.inner.read_headers
+    }
+
     /// The request headers this configuration reads beyond
     /// [`READ_HEADERS`]: the header source and key headers (lowercase).
     pub fn configured_headers(&self) -> impl Iterator<Item = &str> {

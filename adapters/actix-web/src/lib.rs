@@ -273,6 +273,7 @@ where
     fn new_transform(&self, service: S) -> Self::Future {
         ready(Ok(StickyService {
             service,
+            read: parse(self.sticky.read_headers()),
             sticky: self.sticky.clone(),
             skip: self.skip.clone(),
         }))
@@ -284,6 +285,9 @@ where
 pub struct StickyService<S, P = NoSkip> {
     service: S,
     sticky: sticky_core::Sticky,
+    /// [`Sticky::read_headers`](sticky_core::Sticky::read_headers) as
+    /// actix-web's names, parsed once per worker.
+    read: Box<[Option<HeaderName>]>,
     skip: P,
 }
 
@@ -319,7 +323,10 @@ where
         let decision = if self.skip.skip(&req) {
             self.sticky.skipped()
         } else {
-            self.sticky.decide(&View(&req))
+            self.sticky.decide(&View {
+                req: &req,
+                read: (self.sticky.read_headers(), &self.read),
+            })
         };
         let kind = match decision.into_action() {
             Action::Run(finish) => Kind::Inner {
@@ -384,28 +391,41 @@ fn header_name(name: &'static str) -> Option<HeaderName> {
         other => HeaderName::from_lowercase(other.as_bytes()).ok(),
     }
 }
-/// The request view the engine decides on, borrowed from the actix-web request.
-struct View<'r>(&'r ServiceRequest);
+/// The request view the engine decides on, borrowed from the actix-web
+/// request, with the engine's per-request header set and its parsed names.
+struct View<'r> {
+    req: &'r ServiceRequest,
+    read: (&'r HeaderNames, &'r [Option<HeaderName>]),
+}
+
+/// `names` as actix-web's header names (`None`: not a valid name, so in no
+/// request).
+fn parse(names: &HeaderNames) -> Box<[Option<HeaderName>]> {
+    names
+        .iter()
+        .map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
 
 impl RequestView for View<'_> {
     fn method(&self) -> &str {
-        self.0.method().as_str()
+        self.req.method().as_str()
     }
 
     fn path(&self) -> &str {
-        self.0.path()
+        self.req.path()
     }
 
     fn query(&self) -> Option<&str> {
         // actix-web gives "" for both "no query" and "empty query".
-        Some(self.0.query_string()).filter(|q| !q.is_empty())
+        Some(self.req.query_string()).filter(|q| !q.is_empty())
     }
 
     fn header_values<'a>(&'a self, name: &str, each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>) {
         // Every value of a repeated header, in the order received. The
         // headers the engine reads are looked up by pre-parsed name: by
         // `&str`, the map parses and validates the name on every call.
-        let headers = self.0.headers();
+        let headers = self.req.headers();
         let values = match READ_HEADERS.iter().position(|h| *h == name) {
             Some(i) => headers.get_all(&KNOWN[i]),
             None => headers.get_all(name),
@@ -422,11 +442,24 @@ impl RequestView for View<'_> {
         names: &HeaderNames,
         each: &mut dyn FnMut(usize, &'a [u8]) -> ControlFlow<()>,
     ) {
-        // One walk over the distinct names (a request has few), and a
-        // lookup only for a name the engine reads, by the map's own key:
-        // no parsing (`get_all(&str)` parses on every call), and no hashing
-        // of names the request does not carry.
-        for (field, value) in self.0.headers().iter() {
+        let headers = self.req.headers();
+        // The engine's own set, asked for on every request: a lookup per
+        // name, parsed once, costs less than a walk over actix-web's hashed
+        // map (whose `iter` also counts every value first), and does not
+        // grow with the fields a browser sends.
+        let (read, parsed) = self.read;
+        if std::ptr::eq(names, read) {
+            for (i, name) in parsed.iter().enumerate() {
+                let Some(name) = name else { continue };
+                for value in headers.get_all(name) {
+                    if each(i, value.as_bytes()).is_break() {
+                        return;
+                    }
+                }
+            }
+            return;
+        }
+        for (field, value) in headers.iter() {
             if let Some(i) = names.position(field.as_str())
                 && each(i, value.as_bytes()).is_break()
             {
