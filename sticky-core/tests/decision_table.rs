@@ -484,6 +484,24 @@ fn cookie_attributes() {
         !cookie_of(&s.decide(&Req::get("/").header("x-forwarded-proto", "http")))
             .contains("Secure")
     );
+    // The first value of the list decides, trimmed, in any case.
+    for (proto, secure) in [
+        ("https", true),
+        ("HTTPS", true),
+        (" https ,http", true),
+        ("https, http", true),
+        ("http, https", false),
+        ("httpsx", false),
+        ("http", false),
+        ("", false),
+    ] {
+        let req = Req::get("/").header("x-forwarded-proto", proto);
+        assert_eq!(
+            cookie_of(&s.decide(&req)).contains("; Secure"),
+            secure,
+            "{proto:?}"
+        );
+    }
 
     let s = Sticky::builder()
         .cookie_name("__Host-m")
