@@ -110,6 +110,7 @@ impl Sticky {
                         target::scan_query(query, &self.inner.query_param, &mut consider);
                     }
                 }
+                // Tried above, before `consider`.
                 Source::Key => {}
                 Source::Header => {
                     if let Some(name) = &self.inner.header_source {

@@ -259,19 +259,16 @@ mod http_impls {
         name: &str,
         each: &mut dyn FnMut(&'a [u8]) -> ControlFlow<()>,
     ) {
-        // A request of a few headers (most are) is walked in order: a name
-        // comparison per field costs less than hashing `name`, let alone
-        // parsing it (which `get_all(&str)` does every time). Names of
-        // another length are passed over at once; the names in the map are
-        // lowercase, as the engine's are, so an equal one matches at the
-        // first comparison, and case is ignored only when that fails.
-        // One of the engine's own names (most lookups) is compared parsed:
-        // a standard field against a custom name, or two standard ones,
-        // differ in a word, with no `as_str` per field.
+        // One of the engine's own names (most lookups) is used parsed.
         let known = READ_HEADERS
             .iter()
             .position(|h| crate::target::same_bytes(h.as_bytes(), name.as_bytes()));
+        // A request of a few headers (most are) is walked in order: a name
+        // comparison per field costs less than hashing `name`, let alone
+        // parsing it (which `get_all(&str)` does every time).
         if map.keys_len() <= SCAN_MAX_FIELDS {
+            // Parsed names compare in a word (a standard field against a
+            // custom name, or two standard ones), with no `as_str` per field.
             if let Some(known) = known.and_then(|i| KNOWN.get(i)) {
                 for (field, value) in map {
                     if field == known && each(value.as_bytes()).is_break() {
@@ -280,6 +277,9 @@ mod http_impls {
                 }
                 return;
             }
+            // Names of another length are passed over at once; the names in
+            // the map are lowercase, so an equal one matches at the first
+            // comparison, and case is ignored only when that fails.
             let name = name.as_bytes();
             let first = name.first().map(u8::to_ascii_lowercase);
             for (field, value) in map {
